@@ -1,0 +1,279 @@
+"""Format-independent scan: decode-check every image once, clean boxes, apply the skip/raise policy.
+
+A parser (e.g. ``datasets.voc``) turns its files into ``RawItem``s; ``scan_items`` turns those
+into ``Record``s plus a ``ScanReport``. Policy (USERS.md 4a):
+
+- bad item (undecodable image, unreadable annotation, box outside the image by more than
+  ``CLIP_TOLERANCE`` of the side, non-finite coordinate): split "train" skips the image with a
+  warning naming the file and object, and counts it; any other split (or ``strict``) raises
+  ``DatasetError`` naming every bad file and reason, since skipping would change the score;
+- fixed and counted, in every split: inverted boxes swapped, boxes within tolerance clipped,
+  degenerate boxes (zero width or height, e.g. point clicks) dropped, exact duplicates removed;
+- unknown class names and a split without any box raise ``DatasetError`` in every split.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from datasets.image_io import ImageError, image_hw
+from datasets.records import Record
+
+CLIP_TOLERANCE = 0.01  # boxes may exceed the image by this fraction of its side and get clipped
+_MAX_LISTED = 10  # bad items listed in an error or summary
+
+
+class DatasetError(ValueError):
+    """Bad dataset content; the message names the file (and object) and what to do."""
+
+
+@dataclass
+class RawObject:
+    """One annotated object as written in the annotation file.
+
+    xyxy_raw: (xmin, ymin, xmax, ymax) in the file's own convention (see ``scan_items`` offset).
+    where: human-readable position, e.g. "object 3" or "line 4".
+    """
+
+    name: str
+    xyxy_raw: tuple[float, float, float, float]
+    difficult: bool = False
+    where: str = ""
+
+
+@dataclass
+class RawItem:
+    """One image of a split before checking; ``error`` set when its annotation is unreadable."""
+
+    file: Path
+    ann_file: Path | None = None
+    declared_hw: tuple[int, int] | None = None
+    objects: list[RawObject] = field(default_factory=list)
+    missing_annotation: bool = False
+    error: str | None = None
+
+
+@dataclass
+class ScanReport:
+    """Counts of what a scan found, fixed and skipped, and (file, reason) for every skipped item."""
+
+    images_found: int = 0
+    images_ok: int = 0
+    images_skipped: int = 0
+    corrupt_images: int = 0
+    missing_annotations: int = 0
+    background_images: int = 0
+    boxes: int = 0
+    boxes_clipped: int = 0
+    boxes_degenerate_dropped: int = 0
+    boxes_inverted_fixed: int = 0
+    boxes_duplicate_removed: int = 0
+    ignore_regions: int = 0
+    size_mismatch: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    split: str = ""
+    source: str = ""
+
+    def add(self, counts: Counter) -> None:
+        for k, v in counts.items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def counts(self) -> dict[str, int]:
+        """All integer counts by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type in ("int", int)}
+
+    def summary(self) -> str:
+        """A readable multi-line summary: found / fixed / dropped / skipped and why."""
+        lines = [
+            f"scan {self.source} [{self.split}]: {self.images_found} images found, "
+            f"{self.images_ok} ok, {self.images_skipped} skipped ({self.corrupt_images} corrupt)",
+            f"  boxes: {self.boxes} kept, {self.ignore_regions} ignore regions; "
+            f"background images: {self.background_images} "
+            f"({self.missing_annotations} without annotation file)",
+            f"  fixed: {self.boxes_clipped} clipped to the image, {self.boxes_inverted_fixed} "
+            f"inverted swapped, {self.boxes_duplicate_removed} duplicates removed; dropped: "
+            f"{self.boxes_degenerate_dropped} degenerate (zero width/height); "
+            f"size mismatches (decoded size used): {self.size_mismatch}",
+        ]
+        for file, reason in self.skipped[:_MAX_LISTED]:
+            lines.append(f"  skipped {file}: {reason}")
+        if len(self.skipped) > _MAX_LISTED:
+            lines.append(f"  ... and {len(self.skipped) - _MAX_LISTED} more skipped")
+        return "\n".join(lines)
+
+
+class _BadItem(Exception):
+    """Internal: this image must be skipped (train) or reported (val)."""
+
+
+def _decode_all(files: list[Path]) -> list[tuple[int, int] | ImageError]:
+    """Decode-check every image in a thread pool (PIL releases the GIL while decoding)."""
+    def check(p: Path) -> tuple[int, int] | ImageError:
+        try:
+            return image_hw(p)
+        except ImageError as e:
+            return e
+
+    workers = min(16, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check, files))
+
+
+def check_class_names(items: list[RawItem], class_names: list[str]) -> None:
+    """Raise DatasetError listing unknown names (with counts and a file) and the valid names."""
+    valid = set(class_names)
+    unknown: Counter = Counter()
+    first_file: dict[str, Path] = {}
+    for it in items:
+        for o in it.objects:
+            if o.name not in valid:
+                unknown[o.name] += 1
+                first_file.setdefault(o.name, it.ann_file or it.file)
+    if unknown:
+        listed = ", ".join(f"{n!r} x{c} (e.g. {first_file[n]})" for n, c in unknown.most_common())
+        raise DatasetError(
+            f"unknown class names: {listed}; valid names: {class_names}. Fix the annotations "
+            "or set data.class_names (empty = names found in the train split)")
+
+
+def _clean_object(o: RawObject, img_hw: tuple[int, int], offset: float,
+                  counts: Counter) -> np.ndarray | None:
+    """Raw box -> [4] float32 xyxy pixel edges, or None when degenerate; _BadItem when invalid."""
+    b = np.asarray(o.xyxy_raw, dtype=np.float64)
+    if not np.all(np.isfinite(b)):
+        raise _BadItem(f"{o.where}: non-finite coordinate {tuple(o.xyxy_raw)}")
+    if b[0] > b[2] or b[1] > b[3]:
+        b = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
+        counts["boxes_inverted_fixed"] += 1
+    # Judged on the raw values: with VOC's inclusive 1-based pixels xmin == xmax would become a
+    # 1 px box after the offset, but such an annotation is a point click, not an object.
+    if b[2] - b[0] <= 0 or b[3] - b[1] <= 0:
+        counts["boxes_degenerate_dropped"] += 1
+        return None
+    b[:2] -= offset
+    h, w = img_hw
+    tx, ty = CLIP_TOLERANCE * w, CLIP_TOLERANCE * h
+    if b[0] < -tx or b[1] < -ty or b[2] > w + tx or b[3] > h + ty:
+        raise _BadItem(f"{o.where}: box {tuple(o.xyxy_raw)} lies outside the {w}x{h} image "
+                       f"by more than {CLIP_TOLERANCE:.0%} of its side")
+    c = np.clip(b, 0, [w, h, w, h])
+    if np.any(c != b):
+        counts["boxes_clipped"] += 1
+    if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+        counts["boxes_degenerate_dropped"] += 1
+        return None
+    return c.astype(np.float32)
+
+
+def _dedupe(boxes: list[np.ndarray], labels: list[int], counts: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Remove exact (label, box) duplicates keeping the first; returns [n,4] f32 and [n] i64."""
+    seen: set = set()
+    keep_b, keep_l = [], []
+    for b, lab in zip(boxes, labels):
+        key = (lab, *b.tolist())
+        if key in seen:
+            counts["boxes_duplicate_removed"] += 1
+            continue
+        seen.add(key)
+        keep_b.append(b)
+        keep_l.append(lab)
+    arr = np.stack(keep_b).astype(np.float32) if keep_b else np.zeros((0, 4), np.float32)
+    return arr, np.asarray(keep_l, dtype=np.int64)
+
+
+def _build_record(it: RawItem, img_hw: tuple[int, int], name_to_id: dict[str, int], offset: float,
+                  difficult_as_ignore: bool, counts: Counter) -> Record:
+    """Clean one item's objects into a Record (image_id filled later). Raises _BadItem."""
+    boxes, labels, ignores = [], [], []
+    for o in it.objects:
+        b = _clean_object(o, img_hw, offset, counts)
+        if b is None:
+            continue
+        if o.difficult and difficult_as_ignore:
+            ignores.append(b)
+        else:
+            boxes.append(b)
+            labels.append(name_to_id[o.name])
+    box_arr, lab_arr = _dedupe(boxes, labels, counts)
+    ign_arr, _ = _dedupe(ignores, [-1] * len(ignores), counts)
+    counts["boxes"] += len(box_arr)
+    counts["ignore_regions"] += len(ign_arr)
+    return Record(image_id=0, file=str(it.file), img_hw=img_hw, boxes=box_arr,
+                  labels=lab_arr, ignore=ign_arr)
+
+
+def _check_size(it: RawItem, img_hw: tuple[int, int], counts: Counter) -> None:
+    if it.declared_hw and min(it.declared_hw) > 0 and tuple(it.declared_hw) != tuple(img_hw):
+        counts["size_mismatch"] += 1
+        logger.warning(f"{it.ann_file}: <size> says (h, w) = {tuple(it.declared_hw)} but {it.file} "
+                       f"decodes to {tuple(img_hw)}; using the decoded size")
+
+
+def scan_items(items: list[RawItem], class_names: list[str], split: str, *, strict: bool = False,
+               difficult_as_ignore: bool = True, offset: float = 0.0, source: str = "",
+               example_annotation: str = "") -> tuple[list[Record], ScanReport]:
+    """Check and clean a split's items.
+
+    Args:
+        items: parsed items in split order (image_id = 1-based position among kept items).
+        class_names: valid names; index = label.
+        split: "train" skips bad items with a warning; anything else raises DatasetError.
+        offset: subtracted from (xmin, ymin) to get 0-based pixel edges (VOC: 1.0).
+        example_annotation: shown in the "no labels found" error.
+    Returns:
+        (records, report).
+    """
+    report = ScanReport(images_found=len(items), split=split, source=source)
+    check_class_names([it for it in items if it.error is None], class_names)
+    name_to_id = {n: i for i, n in enumerate(class_names)}
+    records: list[Record] = []
+    decoded = _decode_all([it.file for it in items])
+    for it, hw in zip(items, decoded):
+        counts: Counter = Counter()
+        try:
+            if isinstance(hw, ImageError):
+                counts["corrupt_images"] += 1
+                raise _BadItem(str(hw).removeprefix(f"{it.file}: "))
+            if it.error is not None:
+                raise _BadItem(it.error)
+            _check_size(it, hw, counts)
+            rec = _build_record(it, hw, name_to_id, offset, difficult_as_ignore, counts)
+        except _BadItem as e:
+            bad_file = it.file if counts["corrupt_images"] else (it.ann_file or it.file)
+            report.skipped.append((str(bad_file), str(e)))
+            report.images_skipped += 1
+            report.corrupt_images += counts["corrupt_images"]
+            continue
+        counts["missing_annotations"] += int(it.missing_annotation)
+        counts["background_images"] += int(len(rec.boxes) == 0)
+        report.add(counts)
+        records.append(rec)
+    _apply_policy(report, split, strict)
+    for i, rec in enumerate(records):
+        rec.image_id = i + 1
+    report.images_ok = len(records)
+    if items and report.boxes == 0:
+        raise DatasetError(f"no labels found in split {split!r} of {source} "
+                           f"({len(items)} images); expected annotations at e.g. {example_annotation}")
+    return records, report
+
+
+def _apply_policy(report: ScanReport, split: str, strict: bool) -> None:
+    """Warn about skipped items (train) or raise DatasetError naming them (val, strict)."""
+    if not report.skipped:
+        return
+    if split != "train" or strict:
+        listed = "\n  ".join(f"{f}: {r}" for f, r in report.skipped[:_MAX_LISTED])
+        more = len(report.skipped) - _MAX_LISTED
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        why = "data.strict=True" if split == "train" else "skipping would change the score"
+        raise DatasetError(f"{len(report.skipped)} bad item(s) in split {split!r} of "
+                           f"{report.source} ({why}); fix or remove them:\n  {listed}{tail}")
+    for f, r in report.skipped:
+        logger.warning(f"{f}: {r}; skipped (train split, counted in the scan summary)")

@@ -1,0 +1,36 @@
+"""Entry point: python main.py [--config PATH_OR_NAME] --task TASK [--ckpt FILE] [--out DIR] [group.field=value ...]
+
+Works the same under torchrun --nproc_per_node=N.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+TASKS = ("train", "val", "predict", "debug")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="config file or name under configs/ (default: my_config)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--ckpt", default=None, help="checkpoint: resume (train) or weights (val/predict/debug)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>[N])")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=5 assign.method=all_grid")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from core.tasks import USER_ERRORS, run_task  # heavy imports after --help
+    try:
+        run_task(args)
+    except USER_ERRORS as e:  # a user-facing problem: a clear message, no traceback
+        from loguru import logger
+        logger.error(f"{type(e).__name__}: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Config loading, typed strict overrides, validation, and plain-data round trip."""
+import pytest
+
+from configs import load_config, parse_override, resolve_config_path
+from configs.base_config import BaseConfig, ConfigError
+
+
+def test_default_config_is_my_config():
+    cfg = load_config(None)
+    assert cfg.name == "my_config" and cfg.data.class_names == ["RBC", "WBC", "Platelets"]
+
+
+def test_load_by_name_and_path_give_the_same_config():
+    a = load_config("bccd_yolo_r18")
+    b = load_config("configs/bccd_yolo_r18.py")
+    assert a.to_dict() == b.to_dict()
+    assert a.model.channel_sparsity == 0.75 and a.assign.method == "nearby_grid" and a.data.img_size == 416
+
+
+def test_voc_recipe():
+    c = load_config("voc_yolo_r18").validate()
+    assert (c.assign.match_iou_thres, c.assign.filter_by_max_iou, c.loss.box, c.loss.focal_gamma,
+            c.optim.name, c.train.ema, c.train.epochs) == (0.0625, True, "ciou", 3.5, "adam", True, 400)
+    assert c.data.train_sets == ["VOC2007/trainval", "VOC2012/trainval"] and c.data.val_sets == ["VOC2007/test"]
+    assert len(c.data.class_names) == 20
+
+
+def test_typed_overrides():
+    c = load_config("bccd_yolo_r18", ["assign.method=all_grid", "train.epochs=5", "optim.lr=1e-2",
+                                      "aug.scale=(0.3,1.7)", "train.ema=False", "loss.level_weights=[1,1,1]",
+                                      "optim.weight_decay=0"])
+    assert (c.assign.method, c.train.epochs, c.optim.lr, c.aug.scale, c.train.ema) == (
+        "all_grid", 5, 0.01, (0.3, 1.7), False)
+    assert isinstance(c.optim.weight_decay, float)  # an int literal is accepted for a float field
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train.epoch=3", "did you mean train.epochs"),
+    ("train.epochs=3.5", "expected int"),
+    ("train.ema=1", "expected bool"),
+    ("data.img_size=big", "expected int"),
+    ("nokey", "group.field=value"),
+    ("model.anchors=3", "expected list"),
+])
+def test_bad_overrides_name_the_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("bccd_yolo_r18", [text])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("assign.match_iou_thres=1.5", "assign.match_iou_thres"),
+    ("data.img_size=400", "multiple of"),
+    ("loss.box='l1'", "loss.box"),
+    ("data.class_names=['a','a']", "duplicates"),
+    ("loss.level_weights=[1.0]", "one entry per stride"),
+    ("optim.name='rmsprop'", "optim.name"),
+])
+def test_validate_rejects(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("bccd_yolo_r18", [override]).validate()
+
+
+def test_to_dict_round_trip_is_plain_data():
+    c = load_config("bccd_yolo_r18", ["aug.scale=(0.4,1.6)"])
+    d = c.to_dict()
+    assert d["aug"]["scale"] == [0.4, 1.6]  # tuples become lists: checkpoints hold plain values
+    back = BaseConfig.from_dict(d)
+    assert back.to_dict() == d and back.name == "bccd_yolo_r18"
+
+
+def test_unknown_config_lists_available():
+    with pytest.raises(ConfigError, match="bccd_yolo_r18"):
+        resolve_config_path("nope_config")
+
+
+def test_subclass_ablation(tmp_path):
+    f = tmp_path / "abl.py"
+    f.write_text("from configs.bccd_yolo_r18 import BccdYoloR18\n"
+                 "class Abl(BccdYoloR18):\n"
+                 "    def __init__(self):\n"
+                 "        super().__init__()\n"
+                 "        self.assign.method = 'single_grid'\n")
+    c = load_config(str(f))
+    assert c.assign.method == "single_grid" and c.name == "abl" and c.model.backbone == "resnet18"
+
+
+def test_parse_override_literals():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a.b=word") == ("a.b", "word")
+    assert parse_override("a.b='x=y'") == ("a.b", "x=y")

@@ -1,0 +1,300 @@
+"""COCO-style bbox evaluation: ground truth and results as COCO dicts, scored in memory.
+
+Two backends give the headline numbers and must agree: ``faster_coco_eval`` (default, C++)
+and ``pycocotools`` (the reference). Both are fed the same dicts built here, so category and
+image ids are mapped in one place.
+
+Ignore regions. Our records carry class-less ignore boxes (COCO ``iscrowd=1``, VOC
+``difficult``). COCOeval matches a detection only against GT of the detection's own
+category, and a crowd GT is the only thing that makes a detection "neither TP nor FP"
+(its ``ignore`` flag is overwritten from ``iscrowd``). So each ignore region is emitted as
+one crowd annotation *per category*: a detection of any class lying on the region is then
+dropped instead of counted as a false positive. This cannot create true positives or
+change recall (crowd GT are excluded from the GT count), so it is exact, not an
+approximation. Crowd IoU is intersection over the detection's area (COCO rule), so a small
+detection inside a large region is ignored too. COCO quirk: detections are cut to maxDets
+per (image, class) *before* matching, so an ignored detection still uses a slot; AR1 can
+drop when one ranks first, while every AP and AR10/AR100 (with fewer dets) are unchanged.
+
+The value -1.0. COCO reports -1 for a metric with no GT to score (e.g. ``mAP_small`` when
+no GT box is smaller than 32x32 px, or a class absent from the evaluated images). We keep
+-1.0 rather than 0.0 so "not measurable" is not confused with "measured zero".
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from loguru import logger
+
+METRIC_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as json to ``path`` atomically: a temp file in the same directory,
+    fsync, then ``os.replace`` (a reader sees the old file or the new one, never half).
+    Numpy scalars and arrays are converted to plain Python values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"write_json_atomic: cannot serialise {type(x).__name__}")
+
+
+def _resolve_cat_ids(class_names: Sequence[str], cat_ids: Sequence[int] | None) -> list[int]:
+    """Category id of each contiguous label (default label + 1); checks length and uniqueness."""
+    if cat_ids is None:
+        return list(range(1, len(class_names) + 1))
+    ids = [int(c) for c in cat_ids]
+    if len(ids) != len(class_names):
+        raise ValueError(f"cat_ids has {len(ids)} ids but class_names has {len(class_names)} names; "
+                         "give one COCO category id per class")
+    if len(set(ids)) != len(ids):
+        dup = sorted(k for k, v in Counter(ids).items() if v > 1)
+        raise ValueError(f"cat_ids has duplicate ids {dup}; each class needs its own category id")
+    return ids
+
+
+def _xyxy_to_xywh(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """[N, 4] xyxy -> [N, 4] COCO xywh (top-left corner, width, height), float64."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+
+
+def records_to_coco_gt(records: Sequence[Any], class_names: Sequence[str],
+                       cat_ids: Sequence[int] | None = None) -> dict:
+    """Build a COCO ground-truth dict from dataset records.
+
+    records: objects with ``image_id`` (int), ``file``, ``img_hw`` (h, w), ``boxes`` [n, 4]
+        xyxy absolute pixels, ``labels`` [n] contiguous 0..nc-1, ``ignore`` [m, 4] xyxy.
+    cat_ids: COCO category id of contiguous label i (default i + 1).
+    Returns {info, images, annotations, categories}; bbox is [x, y, w, h] pixels, area w*h,
+    annotation ids 1-based (id 0 is COCOeval's "unmatched" marker). Ignore regions become
+    one ``iscrowd=1`` annotation per category (see the module docstring for why).
+    """
+    ids = _resolve_cat_ids(class_names, cat_ids)
+    images: list[dict] = []
+    anns: list[dict] = []
+    seen: dict[int, str] = {}
+    for rec in records:
+        img_id, file = int(rec.image_id), str(rec.file)
+        if img_id in seen:
+            raise ValueError(f"duplicate image_id {img_id}: {seen[img_id]!r} and {file!r}")
+        seen[img_id] = file
+        h, w = (int(v) for v in rec.img_hw)
+        images.append({"id": img_id, "file_name": os.path.basename(file), "height": h, "width": w})
+        labels = np.asarray(rec.labels, dtype=np.int64).reshape(-1)
+        bad = labels[(labels < 0) | (labels >= len(ids))]
+        if bad.size:
+            raise ValueError(f"{file}: label {int(bad[0])} not in [0, {len(ids) - 1}] "
+                             f"(class_names has {len(ids)} names)")
+        for xywh, lab in zip(_check_boxes(rec.boxes, file, "boxes"), labels):
+            anns.append(_ann(len(anns) + 1, img_id, ids[lab], xywh, crowd=0))
+        for xywh in _check_boxes(rec.ignore, file, "ignore"):
+            for cid in ids:
+                anns.append(_ann(len(anns) + 1, img_id, cid, xywh, crowd=1))
+    return {
+        "info": {"description": "ground truth converted from dataset records"},
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": cid, "name": str(n)} for cid, n in zip(ids, class_names)],
+    }
+
+
+def _check_boxes(boxes_xyxy: np.ndarray, file: str, field: str) -> np.ndarray:
+    """[N, 4] xyxy -> [N, 4] xywh; a non-finite or empty box is a clear error (bad val data)."""
+    xywh = _xyxy_to_xywh(boxes_xyxy)
+    bad = ~np.isfinite(xywh).all(1) | (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{file}: {field}[{i}] = {np.asarray(boxes_xyxy).reshape(-1, 4)[i].tolist()} "
+                         "is not a finite xyxy box with x2 > x1 and y2 > y1; fix the dataset parser")
+    return xywh
+
+
+def _ann(ann_id: int, img_id: int, cat_id: int, xywh: np.ndarray, crowd: int) -> dict:
+    x, y, w, h = (float(v) for v in xywh)
+    return {"id": ann_id, "image_id": img_id, "category_id": int(cat_id), "bbox": [x, y, w, h],
+            "area": w * h, "iscrowd": crowd}
+
+
+def detections_to_coco_results(dets: Sequence[dict], cat_ids: Sequence[int]) -> list[dict]:
+    """Per-image detections -> COCO results list.
+
+    dets: dicts {"image_id": int, "boxes": [k, 4] xyxy original-image pixels, "scores": [k],
+        "labels": [k] contiguous}. cat_ids: COCO category id of each contiguous label.
+    Returns [{"image_id", "category_id", "bbox": [x, y, w, h] full float precision, "score"}].
+    """
+    out: list[dict] = []
+    for d in dets:
+        img_id = int(d["image_id"])
+        xywh = _xyxy_to_xywh(d["boxes"])
+        scores = np.asarray(d["scores"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(d["labels"]).astype(np.int64).reshape(-1)
+        if not len(xywh) == len(scores) == len(labels):
+            raise ValueError(f"image_id {img_id}: boxes/scores/labels lengths differ "
+                             f"({len(xywh)}, {len(scores)}, {len(labels)})")
+        bad = labels[(labels < 0) | (labels >= len(cat_ids))]
+        if bad.size:
+            raise ValueError(f"image_id {img_id}: predicted label {int(bad[0])} has no category id "
+                             f"(cat_ids covers labels 0..{len(cat_ids) - 1}); model nc vs dataset classes?")
+        for b, s, lab in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
+            out.append({"image_id": img_id, "category_id": int(cat_ids[lab]), "bbox": b, "score": s})
+    return out
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """print_function for faster_coco_eval: its progress lines are replaced by our table."""
+
+
+class _FasterCocoEval:
+    """faster-coco-eval 1.8: COCO(dict) indexes a shallow copy; COCOeval_faster takes print_function."""
+
+    def __init__(self) -> None:
+        from faster_coco_eval import COCO, COCOeval_faster
+        self.coco_cls, self.eval_cls = COCO, COCOeval_faster
+
+    def make_eval(self, coco_gt: Any, coco_dt: Any) -> Any:
+        return self.eval_cls(coco_gt, coco_dt, iouType="bbox", print_function=_quiet)
+
+
+class _Pycocotools:
+    """pycocotools: COCO() then assign .dataset; everything prints to stdout."""
+
+    def __init__(self) -> None:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+        self.coco_cls, self.eval_cls = COCO, COCOeval
+
+    def make_eval(self, coco_gt: Any, coco_dt: Any) -> Any:
+        return self.eval_cls(coco_gt, coco_dt, "bbox")
+
+
+BACKENDS = {"faster_coco_eval": _FasterCocoEval, "pycocotools": _Pycocotools}
+
+
+def _index(coco_cls: type, dataset: dict) -> Any:
+    coco = coco_cls()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
+
+
+def _check_inputs(gt: dict, results: Sequence[dict], img_ids: Sequence[int] | None) -> list[int]:
+    """Validate ids before the backends see them (their own checks are bare asserts)."""
+    gt_imgs = {int(im["id"]) for im in gt["images"]}
+    valid_cats = sorted(int(c["id"]) for c in gt["categories"])
+    for r in results:
+        if int(r["category_id"]) not in valid_cats:
+            raise ValueError(f"detection on image_id {r['image_id']} has category_id {r['category_id']}, "
+                             f"not a GT category; valid ids: {valid_cats}")
+        if int(r["image_id"]) not in gt_imgs:
+            raise ValueError(f"detection has image_id {r['image_id']}, which is not in the GT images")
+    if img_ids is None:
+        return sorted(gt_imgs)
+    missing = sorted(set(int(i) for i in img_ids) - gt_imgs)
+    if missing:
+        raise ValueError(f"img_ids {missing[:10]} are not in the GT images")
+    return sorted(set(int(i) for i in img_ids))
+
+
+def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
+                  backend: str = "faster_coco_eval", img_ids: Sequence[int] | None = None) -> dict:
+    """Score COCO bbox results against a COCO GT dict, in memory.
+
+    gt: dict from ``records_to_coco_gt``; results: list from ``detections_to_coco_results``.
+    img_ids: score only these images (detections on other images are not counted).
+    Returns {mAP, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1, AR10, AR100} (COCO
+    stats[0..8]; -1.0 = no GT to score, see module docstring), "per_class" [{name,
+    category_id, AP, AP50, num_gt, num_det}], "backend", "num_images". Inputs are not modified.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown eval backend {backend!r}; valid: {sorted(BACKENDS)}")
+    eval_ids = _check_inputs(gt, results, img_ids)
+    be = BACKENDS[backend]()
+    # Backends write into the dicts they index (ignore flags, ids, areas): copy one level.
+    gt_copy = {**gt, "images": [dict(im) for im in gt["images"]],
+               "annotations": [dict(a) for a in gt["annotations"]]}
+    res_copy = [dict(r) for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = _index(be.coco_cls, gt_copy)
+        if res_copy:
+            coco_dt = coco_gt.loadRes(res_copy)
+        else:  # pycocotools' loadRes indexes anns[0]: build the empty result set ourselves
+            coco_dt = _index(be.coco_cls, {"images": gt_copy["images"], "annotations": [],
+                                           "categories": gt_copy["categories"]})
+        ev = be.make_eval(coco_gt, coco_dt)
+        ev.params.imgIds = eval_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics: dict[str, Any] = {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:9])}
+    metrics["per_class"] = _per_class(ev, gt, res_copy, class_names, set(eval_ids))
+    metrics["backend"] = backend
+    metrics["num_images"] = len(eval_ids)
+    if not results:
+        logger.warning("coco_evaluate: no detections to score; every AP/AR with GT is 0.0")
+    logger.info("COCO bbox evaluation ({}, {} images)\n{}", backend, len(eval_ids), format_metrics(metrics))
+    return metrics
+
+
+def _per_class(ev: Any, gt: dict, results: Sequence[dict], class_names: Sequence[str],
+               eval_ids: set[int]) -> list[dict]:
+    """AP (IoU .50:.95) and AP50 per category from precision [T, R, K, A, M] (area all, 100 dets)."""
+    prec = np.asarray(ev.eval["precision"])
+    cat_order = [int(c) for c in ev.params.catIds]
+    num_gt = Counter(a["category_id"] for a in gt["annotations"]
+                     if not a.get("iscrowd", 0) and a["image_id"] in eval_ids)
+    num_det = Counter(r["category_id"] for r in results if r["image_id"] in eval_ids)
+    name_of = {int(c["id"]): c["name"] for c in gt["categories"]}
+    if len(class_names) == len(gt["categories"]):  # caller's names win (same order as categories)
+        name_of = {int(c["id"]): str(n) for c, n in zip(gt["categories"], class_names)}
+    rows = []
+    for k, cid in enumerate(cat_order):
+        p_all, p_50 = prec[:, :, k, 0, -1], prec[0, :, k, 0, -1]
+        rows.append({"name": name_of[cid], "category_id": cid,
+                     "AP": float(p_all[p_all > -1].mean()) if (p_all > -1).any() else -1.0,
+                     "AP50": float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else -1.0,
+                     "num_gt": int(num_gt[cid]), "num_det": int(num_det[cid])})
+    return rows
+
+
+def format_metrics(metrics: dict) -> str:
+    """A compact text table of ``coco_evaluate`` output; -1 (no GT to score) is shown as '-'."""
+    def f(v: float) -> str:
+        return "    -" if v < 0 else f"{v:.3f}"
+
+    head = "  ".join(f"{k:>10s}" for k in METRIC_KEYS)
+    vals = "  ".join(f"{f(metrics[k]):>10s}" for k in METRIC_KEYS)
+    lines = [head, vals]
+    rows = metrics.get("per_class", [])
+    if rows:
+        width = max(8, *(len(r["name"]) for r in rows))
+        lines.append(f"{'class':<{width}s}  {'id':>4s}  {'AP':>6s}  {'AP50':>6s}  {'gt':>6s}  {'det':>7s}")
+        for r in rows:
+            lines.append(f"{r['name']:<{width}s}  {r['category_id']:>4d}  {f(r['AP']):>6s}  "
+                         f"{f(r['AP50']):>6s}  {r['num_gt']:>6d}  {r['num_det']:>7d}")
+    return "\n".join(lines)

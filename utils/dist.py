@@ -1,0 +1,162 @@
+"""Everything distributed lives here: torchrun set-up, collectives, seeding, unwrapping.
+
+World size 1 (a plain ``python main.py``) creates no process group and every collective
+below degrades to the single-process answer, so callers never branch on DDP.
+Backends: NCCL when CUDA is available, gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from loguru import logger
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    """Runtime facts of this process; never written into the config."""
+
+    rank: int  # global rank, 0..world_size-1
+    local_rank: int  # rank on this machine (selects the GPU)
+    world_size: int  # number of processes in the job
+    device: torch.device  # device this process computes on
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the only rank that writes files and logs at INFO."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int | None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise RuntimeError(f"environment variable {name} is not set; launch multi-process "
+                               f"runs with torchrun (e.g. torchrun --nproc_per_node=2 main.py ...)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def is_dist() -> bool:
+    """True when a process group is initialised (world size > 1)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(timeout_s: float = 1800) -> DistInfo:
+    """Read the torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE) and join the group.
+
+    Args:
+        timeout_s: seconds a collective may wait before the job fails (so a crashed rank
+            makes the others exit instead of hanging forever).
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    cuda = torch.cuda.is_available()
+    if world_size == 1:
+        local_rank = _env_int("LOCAL_RANK", 0)
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        return DistInfo(rank=0, local_rank=local_rank, world_size=1, device=device)
+    rank, local_rank = _env_int("RANK", None), _env_int("LOCAL_RANK", None)
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not is_dist():
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    logger.debug(f"rank {rank}/{world_size} joined ({backend}, {device})")
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup() -> None:
+    """Destroy the process group if there is one."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_dist():
+        dist.barrier()
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 without one)."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def all_gather_object(obj: Any) -> list:
+    """Picklable ``obj`` from every rank, as a list indexed by rank (``[obj]`` alone)."""
+    if not is_dist():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks, as a new float tensor of the same shape.
+
+    Integer tensors are converted to float first (a mean of ints is not an int).
+    Without a process group, a detached float copy is returned.
+    """
+    t = tensor.detach().clone()
+    if not t.is_floating_point():
+        t = t.float()
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, NumPy, torch and CUDA with ``seed + rank``.
+
+    Each rank gets its own stream (``seed + rank``) so augmentations differ across ranks
+    while the run stays reproducible. ``deterministic`` asks torch for deterministic
+    kernels (warning, not failing, where none exists) and turns off cuDNN autotuning;
+    it is slower.
+    """
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)  # also seeds every CUDA device
+    if deterministic:
+        # cuBLAS needs this workspace setting for reproducible matmuls (CUDA >= 10.2).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / DataParallel / torch.compile."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod  # torch.compile's OptimizedModule
+        else:
+            return model

@@ -1,0 +1,43 @@
+"""Class-aware NMS without torchvision (used when torchvision is absent)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from utils.boxes import box_iou
+
+try:  # optional fast path; torchvision is never required
+    from torchvision.ops import batched_nms as _tv_batched_nms
+except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
+    _tv_batched_nms = None
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_thres: float) -> Tensor:
+    """Greedy NMS. boxes: [K, 4] xyxy, scores: [K] -> kept indices sorted by score, descending.
+
+    Exact greedy result computed without a Python loop over boxes: keep[j] holds iff no kept
+    higher-scoring box suppresses j. Iterating that rule from "keep all" reaches the greedy
+    fixed point in as many rounds as the longest suppression chain (a handful in practice).
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True)
+    iou = box_iou(boxes[order], boxes[order])
+    sup = (iou > iou_thres).triu_(diagonal=1).to(iou.dtype)  # sup[i, j]: higher-ranked i would suppress j
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
+    for _ in range(len(order)):
+        new_keep = (keep.to(sup.dtype) @ sup) == 0  # a matrix-vector product: no Python loop over boxes
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return order[keep]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thres: float) -> Tensor:
+    """NMS within each label. Offsets boxes per label so different labels never overlap."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if _tv_batched_nms is not None:
+        return _tv_batched_nms(boxes, scores, labels, iou_thres)
+    offset = labels.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offset[:, None], scores, iou_thres)
