@@ -129,6 +129,7 @@ class TrainCfg:
     log_interval: int = 10  # iterations between TensorBoard loss scalars
     max_bad_steps: int = 10  # consecutive non-finite losses before training stops with an error
     num_threads: int = 0  # torch intra-op CPU threads per rank (0 = cores / local world size)
+    channels_last: bool = True  # NHWC memory format for the model and inputs (faster convs on CPU and with AMP)
 
 
 @dataclass

@@ -12,6 +12,7 @@ class BccdYoloR18(BaseConfig):
         self.data.val_sets = ["val"]
         self.data.class_names = ["RBC", "WBC", "Platelets"]
         self.data.img_size = 416
+        self.aug.vflip_prob = 0.5  # microscopy has no up or down
         self.model.backbone = "resnet18"
         self.model.channel_sparsity = 0.75
         self.assign.method = "nearby_grid"

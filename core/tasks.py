@@ -10,7 +10,7 @@ from configs.base_config import BaseConfig, ConfigError
 from datasets.image_io import ImageError
 from datasets.scan import DatasetError
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.dist import cleanup, init_distributed
+from utils.dist import cleanup, init_distributed, set_cpu_threads
 from utils.logging import setup_logging
 from utils.run_dir import make_run_dir
 
@@ -31,6 +31,7 @@ def config_for(args) -> BaseConfig:
 def run_task(args) -> None:
     cfg = config_for(args)
     dist = init_distributed()
+    set_cpu_threads(cfg.train.num_threads)
     try:
         out = args.out
         if out is None and args.task == "train" and args.ckpt:

@@ -42,7 +42,8 @@ class Trainer:
         cfg.validate()
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
         self.val_loader, self.val_records = build_eval_loader(cfg, dist, "val")
-        self.model = build_model(cfg).to(self.device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model = build_model(cfg).to(self.device, memory_format=self.memory_format)
         self.ddp_model = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                           if dist.world_size > 1 else self.model)
         self.criterion = LOSSES[cfg.model.name](cfg.loss, build_assigner(cfg.assign), self.model.coder,
@@ -114,7 +115,7 @@ class Trainer:
         return {k: round(v / max(len(self.train_loader), 1), 4) for k, v in sums.items()}
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         amp = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
         with amp:  # autocast around the forward only; assignment and loss run in fp32

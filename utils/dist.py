@@ -160,3 +160,12 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
+
+
+def set_cpu_threads(num_threads: int = 0) -> int:
+    """torch intra-op threads for this process: the given number, or the cores shared evenly
+    among the processes of this machine (torchrun's LOCAL_WORLD_SIZE), so ranks do not
+    oversubscribe the CPU. Returns the number set."""
+    n = num_threads or max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(n)
+    return n
