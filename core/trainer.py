@@ -78,13 +78,15 @@ class Trainer:
             losses = self.train_one_epoch(self.epoch)
             self.epoch += 1
             last = self.epoch == cfg.train.epochs
-            if last or self.epoch % cfg.train.eval_interval == 0:
+            evaluated = last or self.epoch % cfg.train.eval_interval == 0
+            if evaluated:
                 self.last_metrics = self.validate()
-            improved = self._update_best()
+            improved = evaluated and self._update_best()
             self.save(improved)
+            score = f"mAP {self.last_metrics['mAP']:.4f}" if evaluated else "not evaluated"
             logger.info(f"epoch {self.epoch}/{cfg.train.epochs} done in {time.time() - t0:.0f}s: "
-                        f"loss {losses} | mAP {self.last_metrics.get('mAP', float('nan')):.4f} "
-                        f"(best {self.best_score:.4f}){' new best' if improved else ''}")
+                        f"loss {losses} | {score} (best {max(self.best_score, 0.0):.4f})"
+                        f"{' | new best, best.pth saved' if improved else ''}")
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
         self.tb.close()

@@ -164,9 +164,7 @@ class SeededRandomSampler(Sampler[int]):
 
 
 def _worker_init(worker_id: int, seed: int, rank: int) -> None:
-    """Seed numpy/random per worker (and rank); limit OpenCV threads inside workers."""
-    import cv2
-    cv2.setNumThreads(1)
+    """Seed numpy/random per worker (and rank)."""
     s = (seed * 1000 + rank * 100 + worker_id) % 2**32
     np.random.seed(s)
     random.seed(s)
@@ -190,6 +188,12 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
     else:
         sampler = SequentialSampler(dataset)
     drop_last = bool(train and len(sampler) > batch_size)
+    if num_workers > 0:
+        # Workers are forked: an OpenCV thread pool already running in this process would be
+        # inherited half-dead and hang the first resize in a worker. The workers give the
+        # parallelism, so OpenCV stays single-threaded in this process (and its children).
+        import cv2
+        cv2.setNumThreads(0)
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn, pin_memory=pin_memory, drop_last=drop_last,
