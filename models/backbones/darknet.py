@@ -20,7 +20,20 @@ class DarkResidual(nn.Module):
         return x + self.expand(self.reduce(x))
 
 
-class Darknet53(nn.Module):
+class _StagedBackbone(nn.Module):
+    """A stem then five stride-2 stages; the last three stage outputs are C3, C4, C5."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: ``[B, 3, H, W]`` -> ``[C3 (H/8), C4 (H/16), C5 (H/32)]``."""
+        outs = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs[2:]
+
+
+class Darknet53(_StagedBackbone):
     """YOLOv3's Darknet-53 without the classifier.
 
     Stem 3x3 conv to 32 channels, then five stages, each a 3x3 stride-2 conv doubling the
@@ -45,17 +58,9 @@ class Darknet53(nn.Module):
         self.out_channels: list[int] = [scale_channels(64 * 2 ** i, width) for i in (2, 3, 4)]
         init_conv_bn(self)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: ``[B, 3, H, W]`` -> ``[C3 (H/8), C4 (H/16), C5 (H/32)]``."""
-        outs = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs[2:]
 
 
-class DarknetTiny(nn.Module):
+class DarknetTiny(_StagedBackbone):
     """A small plain net in the spirit of YOLOv3-tiny: 3x3 convs, each stage halved by max-pool.
 
     Channels 16, 32, 64, 128, 256, 512 at strides 1, 2, 4, 8, 16, 32 (width 1); the stride-32
@@ -78,14 +83,6 @@ class DarknetTiny(nn.Module):
         self.out_channels: list[int] = chans[3:]
         init_conv_bn(self)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: ``[B, 3, H, W]`` -> ``[C3 (H/8), C4 (H/16), C5 (H/32)]``."""
-        outs = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs[2:]
 
 
 def darknet53(width: float = 1.0, activation: str = "leaky_relu") -> Darknet53:
