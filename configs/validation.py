@@ -14,8 +14,19 @@ CHOICES = {
 }
 
 
+def registry_choices() -> dict[str, tuple]:
+    """Valid names of the registry-backed fields (imported here: configs stay light to load)."""
+    from datasets import DATASETS
+    from models import MODELS
+    from models.assigners import ASSIGNERS
+    from models.backbones import BACKBONES
+    from models.necks import NECKS
+    return {"model.name": tuple(MODELS), "model.backbone": tuple(BACKBONES), "model.neck": tuple(NECKS),
+            "assign.method": tuple(ASSIGNERS), "data.format": tuple(DATASETS)}
+
+
 def validate_config(cfg: BaseConfig) -> None:
-    for key, choices in CHOICES.items():
+    for key, choices in {**CHOICES, **registry_choices()}.items():
         if cfg.get(key) not in choices:
             raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {list(choices)}")
     names = cfg.data.class_names

@@ -14,7 +14,7 @@ from utils.dist import cleanup, init_distributed, set_cpu_threads
 from utils.logging import setup_logging
 from utils.run_dir import make_run_dir
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError, KeyError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError)
 
 
 def config_for(args) -> BaseConfig:
@@ -29,7 +29,7 @@ def config_for(args) -> BaseConfig:
 
 
 def run_task(args) -> None:
-    cfg = config_for(args)
+    cfg = config_for(args).validate()
     dist = init_distributed()
     set_cpu_threads(cfg.train.num_threads)
     try:

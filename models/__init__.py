@@ -1,6 +1,7 @@
 """Model registry and builder."""
 from __future__ import annotations
 
+from configs.base_config import ConfigError
 from models.assigners import ASSIGNERS, build_assigner
 from models.backbones import build_backbone
 from models.coders import AnchorCoder
@@ -26,7 +27,7 @@ def build_yolo(cfg) -> Detector:
     head = AnchorHead(neck_out, cfg.num_classes, len(m.anchors[0]), m.activation, m.obj_bias_prior)
     method = cfg.assign.method
     if method not in ASSIGNERS:
-        raise KeyError(f"unknown assign.method {method!r}; valid: {sorted(ASSIGNERS)}")
+        raise ConfigError(f"unknown assign.method {method!r}; valid: {sorted(ASSIGNERS)}")
     coder = AnchorCoder(ASSIGNERS[method].coder_mode)
     return Detector(backbone, neck, head, m.strides, scaled_anchors(m, cfg.data.img_size), coder)
 
@@ -36,10 +37,10 @@ MODELS = {"yolo": build_yolo}
 
 def build_model(cfg) -> Detector:
     if cfg.num_classes <= 0:
-        raise ValueError("data.class_names is empty: set it in the config or let the trainer "
+        raise ConfigError("data.class_names is empty: set it in the config or let the trainer "
                          "discover the names from the training annotations")
     if cfg.model.name not in MODELS:
-        raise KeyError(f"unknown model.name {cfg.model.name!r}; valid: {sorted(MODELS)}")
+        raise ConfigError(f"unknown model.name {cfg.model.name!r}; valid: {sorted(MODELS)}")
     return MODELS[cfg.model.name](cfg)
 
 

@@ -1,6 +1,7 @@
 """Assigner registry. Adding a method = one file + one entry here."""
 from __future__ import annotations
 
+from configs.base_config import ConfigError
 from models.assigners.all_grid import AllGridAssigner
 from models.assigners.base import AssignResult, BaseAssigner
 from models.assigners.nearby_grid import NearbyGridAssigner
@@ -16,7 +17,7 @@ ASSIGNERS = {
 def build_assigner(assign_cfg) -> BaseAssigner:
     """From configs.base_config.AssignCfg."""
     if assign_cfg.method not in ASSIGNERS:
-        raise KeyError(f"unknown assign.method {assign_cfg.method!r}; valid: {sorted(ASSIGNERS)}")
+        raise ConfigError(f"unknown assign.method {assign_cfg.method!r}; valid: {sorted(ASSIGNERS)}")
     return ASSIGNERS[assign_cfg.method](match_iou_thres=assign_cfg.match_iou_thres,
                                         filter_by_max_iou=assign_cfg.filter_by_max_iou,
                                         ensure_one_match=assign_cfg.ensure_one_match)

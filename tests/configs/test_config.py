@@ -54,6 +54,8 @@ def test_bad_overrides_name_the_key(text, message):
     ("data.class_names=['a','a']", "duplicates"),
     ("loss.level_weights=[1.0]", "one entry per stride"),
     ("optim.name='rmsprop'", "optim.name"),
+    ("model.backbone=resnet19", "resnet18"),
+    ("assign.method=best_grid", "nearby_grid"),
 ])
 def test_validate_rejects(override, message):
     with pytest.raises(ConfigError, match=message):
