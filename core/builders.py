@@ -50,9 +50,7 @@ def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augme
 
 
 def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
-    """Model of cfg with the checkpoint's EMA weights (or raw weights when it has no EMA)."""
-    import torch
-
+    """Model of cfg with the checkpoint's EMA weights (or raw weights when it has no EMA), in eval mode."""
     from models import build_model
     from utils.checkpoint import load_checkpoint
     if not ckpt_path:
@@ -69,4 +67,4 @@ def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
         raise ConfigError(f"{ckpt_path} does not fit the model of this config ({cfg.model.backbone}, "
                           f"{cfg.num_classes} classes): {str(e).splitlines()[0]}") from None
     logger.info(f"loaded {'EMA ' if ema else ''}weights from {ckpt_path} (epoch {ckpt.get('epoch', '?')})")
-    return model.to(device).eval().requires_grad_(False) if isinstance(device, torch.device) else model
+    return model.to(device).eval().requires_grad_(False)

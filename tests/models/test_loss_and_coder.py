@@ -1,6 +1,5 @@
 """Coder decoding, loss sanity (no GT, perfect boxes, finite gradients), postprocess and NMS."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
