@@ -23,6 +23,7 @@ class Evaluator:
         self.cfg, self.records, self.dist = cfg, records, dist
         self.class_names = list(cfg.data.class_names)
         self.cat_ids = list(range(1, len(self.class_names) + 1))
+        self._gt: dict | None = None  # COCO ground truth, built once on first scoring
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader) -> dict[int, dict]:
@@ -50,7 +51,9 @@ class Evaluator:
         return broadcast_object(metrics)
 
     def _score(self, dets: dict[int, dict], out_dir: Path | None) -> dict:
-        gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
+        if self._gt is None:
+            self._gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
+        gt = self._gt
         missing = {r.image_id for r in self.records} - set(dets)
         if missing:
             raise RuntimeError(f"no predictions were produced for {len(missing)} val images "
