@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from configs import load_config  # noqa: E402
 from core.trainer import Trainer  # noqa: E402
 from utils.coco_eval import coco_evaluate  # noqa: E402
-from utils.dist import DistInfo  # noqa: E402
+from utils.dist import DistInfo, set_cpu_threads  # noqa: E402
 from utils.logging import setup_logging  # noqa: E402
 from utils.run_dir import make_run_dir  # noqa: E402
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         sys.exit(__doc__)
     cfg = load_config(argv[0], PROTOCOL + argv[1:])
     cfg.name = f"bench_{cfg.name}"
-    torch.set_num_threads(2)
+    set_cpu_threads(cfg.train.num_threads)
     run_dir = make_run_dir(cfg.train.save_dir, cfg.name)
     setup_logging(run_dir, 0, "train")
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

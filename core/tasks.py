@@ -5,12 +5,12 @@ from pathlib import Path
 
 from loguru import logger
 
-from configs import load_config
+from configs import apply_overrides, load_config
 from configs.base_config import BaseConfig, ConfigError
 from datasets.image_io import ImageError
 from datasets.scan import DatasetError
 from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.dist import cleanup, init_distributed, set_cpu_threads
+from utils.dist import broadcast_object, cleanup, init_distributed, set_cpu_threads
 from utils.logging import setup_logging
 from utils.run_dir import make_run_dir
 
@@ -22,7 +22,6 @@ def config_for(args) -> BaseConfig:
     if args.config is None and args.ckpt:
         ckpt = load_checkpoint(args.ckpt, required=("config",))
         cfg = BaseConfig.from_dict(ckpt["config"])
-        from configs import apply_overrides
         apply_overrides(cfg, args.overrides)
         return cfg
     return load_config(args.config, args.overrides)
@@ -38,7 +37,6 @@ def run_task(args) -> None:
             out = str(Path(args.ckpt).resolve().parent)  # resume continues in its own run dir
         run_dir = make_run_dir(cfg.train.save_dir, f"{cfg.name}_{args.task}" if args.task != "train"
                                else cfg.name, out) if dist.is_main else None
-        from utils.dist import broadcast_object
         run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
         setup_logging(run_dir, dist.rank, args.task)
         logger.info(f"task {args.task}, config {cfg.name}, run dir {run_dir}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from configs.base_config import ConfigError
-from models.assigners import ASSIGNERS, build_assigner
+from models.assigners import assigner_class, build_assigner
 from models.backbones import build_backbone
 from models.coders import AnchorCoder
 from models.detector import Detector
@@ -25,10 +25,7 @@ def build_yolo(cfg) -> Detector:
     neck_out = [scale_channels(c, m.channel_sparsity) for c in m.neck_channels]
     neck = build_neck(m.neck, backbone.out_channels, neck_out, m.activation)
     head = AnchorHead(neck_out, cfg.num_classes, len(m.anchors[0]), m.activation, m.obj_bias_prior)
-    method = cfg.assign.method
-    if method not in ASSIGNERS:
-        raise ConfigError(f"unknown assign.method {method!r}; valid: {sorted(ASSIGNERS)}")
-    coder = AnchorCoder(ASSIGNERS[method].coder_mode)
+    coder = AnchorCoder(assigner_class(cfg.assign.method).coder_mode)
     return Detector(backbone, neck, head, m.strides, scaled_anchors(m, cfg.data.img_size), coder)
 
 

@@ -14,13 +14,18 @@ ASSIGNERS = {
 }
 
 
+def assigner_class(method: str) -> type[BaseAssigner]:
+    """The registered class of ``method``; a ConfigError lists the valid names."""
+    if method not in ASSIGNERS:
+        raise ConfigError(f"unknown assign.method {method!r}; valid: {sorted(ASSIGNERS)}")
+    return ASSIGNERS[method]
+
+
 def build_assigner(assign_cfg) -> BaseAssigner:
     """From configs.base_config.AssignCfg."""
-    if assign_cfg.method not in ASSIGNERS:
-        raise ConfigError(f"unknown assign.method {assign_cfg.method!r}; valid: {sorted(ASSIGNERS)}")
-    return ASSIGNERS[assign_cfg.method](match_iou_thres=assign_cfg.match_iou_thres,
+    return assigner_class(assign_cfg.method)(match_iou_thres=assign_cfg.match_iou_thres,
                                         filter_by_max_iou=assign_cfg.filter_by_max_iou,
                                         ensure_one_match=assign_cfg.ensure_one_match)
 
 
-__all__ = ["ASSIGNERS", "AssignResult", "BaseAssigner", "build_assigner"]
+__all__ = ["ASSIGNERS", "AssignResult", "BaseAssigner", "assigner_class", "build_assigner"]

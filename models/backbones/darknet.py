@@ -59,7 +59,6 @@ class Darknet53(_StagedBackbone):
         init_conv_bn(self)
 
 
-
 class DarknetTiny(_StagedBackbone):
     """A small plain net in the spirit of YOLOv3-tiny: 3x3 convs, each stage halved by max-pool.
 
@@ -82,7 +81,6 @@ class DarknetTiny(_StagedBackbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels: list[int] = chans[3:]
         init_conv_bn(self)
-
 
 
 def darknet53(width: float = 1.0, activation: str = "leaky_relu") -> Darknet53:
