@@ -15,6 +15,6 @@ class BccdYoloR18(BaseConfig):
         self.aug.vflip_prob = 0.5  # microscopy has no up or down
         self.model.backbone = "resnet18"
         self.model.channel_sparsity = 0.75
-        self.assign.method = "nearby_grid"
+        self.assign.method = "auto"  # the family's own: nearby_grid for this model; set model.name to switch family
         self.train.epochs = 40
         self.train.batch_size = 16

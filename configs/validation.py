@@ -8,9 +8,11 @@ CHOICES = {
     "loss.box": ("iou", "giou", "diou", "ciou"),
     "loss.obj_target": ("iou", "constant"),
     "optim.name": ("sgd", "adam", "adamw"),
-    "sched.name": ("cosine",),
+    "sched.name": ("cosine", "linear", "step", "one_cycle"),
     "eval.backend": ("faster_coco_eval", "pycocotools"),
     "debug.split": ("train", "val"),
+    "debug.mode": ("assign", "samples"),
+    "data.cache_images": ("none", "ram", "disk"),
 }
 
 
@@ -22,13 +24,15 @@ def registry_choices() -> dict[str, tuple]:
     from models.backbones import BACKBONES
     from models.necks import NECKS
     return {"model.name": tuple(MODELS), "model.backbone": tuple(BACKBONES), "model.neck": tuple(NECKS),
-            "assign.method": tuple(ASSIGNERS), "data.format": tuple(DATASETS)}
+            "assign.method": ("auto", *ASSIGNERS), "data.format": tuple(DATASETS)}
 
 
 def validate_config(cfg: BaseConfig) -> None:
     for key, choices in {**CHOICES, **registry_choices()}.items():
         if cfg.get(key) not in choices:
             raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {list(choices)}")
+    from models import check_assignment
+    check_assignment(cfg)  # the assigner must suit the head (anchor-free vs anchor-based)
     names = cfg.data.class_names
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -46,9 +50,7 @@ def validate_config(cfg: BaseConfig) -> None:
     if not 0.0 < cfg.model.channel_sparsity <= 4.0:
         raise ConfigError(f"model.channel_sparsity={cfg.model.channel_sparsity} must be in (0, 4]")
     _range(cfg, "assign.match_iou_thres", 0.0, 1.0)
-    for key in ("aug.mosaic_prob", "aug.hflip_prob", "aug.vflip_prob", "aug.color_prob",
-                "aug.min_visibility"):
-        _range(cfg, key, 0.0, 1.0)
+    _check_data_and_aug(cfg)
     lo, hi = cfg.aug.scale
     if not 0 < lo <= hi:
         raise ConfigError(f"aug.scale={cfg.aug.scale} must be (low, high) with 0 < low <= high")
@@ -57,6 +59,68 @@ def validate_config(cfg: BaseConfig) -> None:
             raise ConfigError(f"{key}={cfg.get(key)} must be positive")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
+    _check_training(cfg)
+
+
+def _check_training(cfg: BaseConfig) -> None:
+    """Optimizer, schedule, freezing, checkpoint selection and early stopping."""
+    from utils.coco_eval import METRIC_KEYS
+    for key in ("optim.weight_decay", "optim.grad_clip", "optim.nominal_batch", "sched.warmup_epochs",
+                "sched.warmup_min_iters", "sched.warmup_bias_lr", "train.freeze_epochs", "train.min_delta",
+                "train.patience", "train.save_top_k"):
+        if cfg.get(key) < 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must not be negative")
+    for key in ("optim.base_batch", "train.max_bad_steps"):
+        if cfg.get(key) < 1:
+            raise ConfigError(f"{key}={cfg.get(key)} must be at least 1")
+    for key in ("optim.momentum", "sched.warmup_momentum"):
+        if not 0.0 <= cfg.get(key) < 1.0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be in [0, 1)")
+    for key in ("sched.warmup_start_factor", "sched.min_lr_ratio"):
+        _range(cfg, key, 0.0, 1.0)
+    s = cfg.sched
+    if s.name == "step":
+        if not s.step_epochs or any(not isinstance(e, (int, float)) or e <= 0 for e in s.step_epochs) \
+                or list(s.step_epochs) != sorted(s.step_epochs):
+            raise ConfigError(f"sched.step_epochs={s.step_epochs} must list increasing positive epochs for "
+                              "sched.name='step', e.g. [30, 40]")
+        if not 0.0 < s.step_gamma <= 1.0:
+            raise ConfigError(f"sched.step_gamma={s.step_gamma} must be in (0, 1]")
+    if not 0.0 < s.one_cycle_pct < 1.0:
+        raise ConfigError(f"sched.one_cycle_pct={s.one_cycle_pct} must be in (0, 1)")
+    if s.one_cycle_div < 1.0:
+        raise ConfigError(f"sched.one_cycle_div={s.one_cycle_div} must be at least 1")
+    if cfg.train.monitor not in METRIC_KEYS:
+        raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not one of {list(METRIC_KEYS)}")
+    if any(not isinstance(e, str) or not e for e in cfg.train.freeze):
+        raise ConfigError(f"train.freeze={cfg.train.freeze} must list non-empty strings: 'backbone' or "
+                          "module prefixes / fnmatch patterns of parameter names")
+
+
+def _check_data_and_aug(cfg: BaseConfig) -> None:
+    for key in ("aug.mosaic_prob", "aug.mosaic_9_prob", "aug.mixup_prob", "aug.cutmix_prob", "aug.hflip_prob",
+                "aug.vflip_prob", "aug.extras_prob", "aug.min_visibility", "aug.hsv_h", "aug.hsv_s",
+                "aug.hsv_v", "aug.translate"):
+        _range(cfg, key, 0.0, 1.0)
+    _range(cfg, "aug.degrees", 0.0, 180.0)
+    _range(cfg, "aug.shear", 0.0, 89.0)
+    _range(cfg, "aug.perspective", 0.0, 0.001)  # larger values fold the 2x canvas over itself
+    for key in ("aug.mixup_beta", "aug.cutmix_beta"):
+        if cfg.get(key) <= 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be positive (a Beta distribution parameter)")
+    if cfg.aug.max_aspect_ratio <= 1:
+        raise ConfigError(f"aug.max_aspect_ratio={cfg.aug.max_aspect_ratio} must be greater than 1")
+    for key in ("aug.close_mosaic_epochs", "aug.min_box_size", "data.num_workers"):
+        if cfg.get(key) < 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must not be negative")
+    if cfg.data.prefetch_factor < 1:
+        raise ConfigError(f"data.prefetch_factor={cfg.data.prefetch_factor} must be at least 1")
+    if not 0.0 < cfg.data.data_fraction <= 1.0:
+        raise ConfigError(f"data.data_fraction={cfg.data.data_fraction} must be in (0, 1]")
+    needs_key = cfg.data.encrypt_cache or cfg.data.image_loader.endswith("EncryptedLoader")
+    if needs_key and not cfg.data.key_env:
+        raise ConfigError("data.encrypt_cache / the encrypted image loader need data.key_env: the name of "
+                          "the environment variable holding the key (never the key itself)")
 
 
 def _range(cfg: BaseConfig, key: str, lo: float, hi: float) -> None:

@@ -1,4 +1,6 @@
-"""Debug task: draw, per image and head level, which prior slots the assigner gives each GT."""
+"""Debug task. Mode "assign": draw, per image and head level, which prior slots the assigner gives
+each GT. Mode "samples": save augmented training samples with their boxes, as the model sees them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from loguru import logger
+from PIL import Image, ImageDraw
 
 from core.builders import build_eval_loader, load_weights, resolve_class_names
-from models import build_assigner, build_model
+from models import assign_method, build_assigner_for, build_model
 from utils.dist import DistInfo
-from utils.plots import draw_assignments, save_image
+from utils.plots import draw_assignments, draw_detections, save_image
+
+IGNORE_RGB = (160, 160, 160)  # outline of ignore regions (cls -1) in sample plots
 
 
 def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> list[Path]:
@@ -20,33 +25,52 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     cfg.eval.batch_size = cfg.debug.batch_size
     loader, _ = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment)
     model = load_weights(cfg, ckpt, dist.device) if ckpt else build_model(cfg).eval()
-    assigner = build_assigner(cfg.assign)
+    assigner = build_assigner_for(cfg)
+    # Prediction-aware assigners (task_aligned) see the model's boxes and scores: say whose.
+    source = (f"predictions of {Path(ckpt).name}" if ckpt else "predictions of the untrained model") \
+        if assigner.needs_predictions else ""
     out_dir, paths = Path(run_dir) / "debug", []
     for i, (images, targets, metas) in enumerate(loader):
         if i >= cfg.debug.num_batches:
             break
         priors = model.priors(tuple(images.shape[2:]))
-        with torch.no_grad():
-            preds = model(images) if assigner.needs_predictions else None
+        preds = None
+        if assigner.needs_predictions:
+            with torch.no_grad():
+                preds = model.decode(model(images), tuple(images.shape[2:]))
         res = assigner.assign(targets, priors, images.shape[0], preds)
         for b, meta in enumerate(metas):
-            paths += _draw_image(cfg, images[b], targets, b, res, priors, meta, out_dir)
-    logger.info(f"{len(paths)} assignment plots ({cfg.assign.method}) written to {out_dir}")
+            pred_boxes = preds[0][b] if preds is not None else None
+            paths += _draw_image(cfg, images[b], targets, b, res, priors, meta, out_dir, source, pred_boxes)
+    logger.info(f"{len(paths)} assignment plots ({assign_method(cfg)}) written to {out_dir}")
     return paths
 
 
-def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path) -> list[Path]:
+def _method_note(cfg) -> str:
+    method = assign_method(cfg)
+    if method == "task_aligned":
+        return f"{method} top{cfg.assign.topk} a{cfg.assign.alpha} b{cfg.assign.beta}"
+    if method == "ratio_grid":
+        return f"{method} wh ratio<{cfg.assign.anchor_t}"
+    return f"{method} iou>={cfg.assign.match_iou_thres}"
+
+
+def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path, source: str,
+                pred_boxes: torch.Tensor | None) -> list[Path]:
+    """One PNG per level. Dashed boxes: the anchor boxes of the assigned slots, or, for
+    prediction-aware assigners, the boxes the model predicts there (what the assigner scored)."""
     rows = torch.nonzero((targets[:, 0] == b) & (targets[:, 1] >= 0)).squeeze(1)
     gt = targets[rows]
     local = torch.full((len(targets),), -1, dtype=torch.long)
     local[rows] = torch.arange(len(rows))  # targets row -> index among this image's GTs
     img = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    prior_boxes, cell_boxes = priors.boxes(), priors.cell_boxes()
+    prior_boxes = priors.boxes() if pred_boxes is None else pred_boxes.cpu()
+    cell_boxes = priors.cell_boxes()
     paths = []
     for lv, stride in enumerate(sorted(set(priors.stride.long().tolist()))):
         m = res.fg_mask[b] & (priors.level == lv)
-        title = (f"{cfg.assign.method} | stride {stride} | {int(m.sum())} slots for {len(rows)} GTs | "
-                 f"iou>={cfg.assign.match_iou_thres} | red: no slot on this level")
+        title = (f"{_method_note(cfg)} | stride {stride} | {int(m.sum())} slots for {len(rows)} GTs | "
+                 f"red: no slot on this level{' | ' + source if source else ''}")
         drawn = draw_assignments(img, gt[:, 2:6].numpy(), gt[:, 1].long().numpy(), prior_boxes[m].numpy(),
                                  local[res.gt_index[b][m]].numpy(), cell_boxes[m].numpy(),
                                  cfg.data.class_names, title)
@@ -54,3 +78,40 @@ def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path) -> lis
         save_image(path, drawn)
         paths.append(path)
     return paths
+
+
+def draw_samples_for_config(cfg, run_dir: Path) -> list[Path]:
+    """Save cfg.debug.num_batches x cfg.debug.batch_size augmented samples of cfg.debug.split
+    (the training pipeline: mosaic, MixUp, CutMix, warp, colour, flips as configured, epoch 0)
+    with their boxes and class names; ignore regions in grey. Returns the PNG paths."""
+    resolve_class_names(cfg)
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cfg.eval.batch_size = cfg.debug.batch_size
+    loader, _ = build_eval_loader(cfg, dist, cfg.debug.split, augment=True)
+    loader.dataset.set_epoch(0)
+    out_dir, paths = Path(run_dir) / "debug" / "samples", []
+    for i, (images, targets, metas) in enumerate(loader):
+        if i >= cfg.debug.num_batches:
+            break
+        for b, meta in enumerate(metas):
+            rows = targets[targets[:, 0] == b]
+            img = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            path = out_dir / f"batch{i}_{b}_{Path(meta['file']).stem}.png"
+            paths.append(save_image(path, draw_sample(img, rows[:, 1:].numpy(), cfg.data.class_names)))
+    logger.info(f"{len(paths)} augmented training samples written to {out_dir}")
+    return paths
+
+
+def draw_sample(image: np.ndarray, target: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """[H, W, 3] uint8 with the boxes of ``target`` [n, 5] = (cls, x1, y1, x2, y2) drawn: classes
+    with name tags, ignore regions (cls < 0) as thin grey outlines."""
+    positive = target[:, 0] >= 0
+    labels = target[positive, 0].astype(np.int64)
+    drawn = draw_detections(image, target[positive, 1:], labels, None, class_names)
+    if (~positive).any():
+        pil = Image.fromarray(drawn)
+        draw = ImageDraw.Draw(pil)
+        for x1, y1, x2, y2 in target[~positive, 1:]:
+            draw.rectangle((round(x1), round(y1), round(x2), round(y2)), outline=IGNORE_RGB, width=1)
+        drawn = np.asarray(pil)
+    return drawn

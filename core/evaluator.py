@@ -1,72 +1,247 @@
-"""Evaluator: model predictions on a split -> COCO metrics from faster-coco-eval or pycocotools."""
+"""Evaluator: model predictions on a split -> COCO metrics, operative metrics, plots, JSON, dashboard.
+
+The headline numbers come from faster-coco-eval or pycocotools (utils/coco_eval.py); the
+operative metrics (utils/metrics.py) and plots are computed from the same predictions.
+Files written per validation into ``out_dir``: metrics.json (everything, including the
+confusion matrix and threshold sweep), predictions.json and ground_truth.json (COCO format,
+with the dataset's own category ids ``data.category_ids``), history.json (one line of scalars
+per epoch, for the trends), dashboard.txt, and the PNGs under plots/ (plots/epochNNN/ during
+training).
+"""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import torch
+from loguru import logger
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from configs.base_config import ConfigError
+from core.builders import dataset_for, loader_kwargs
+from datasets import build_dataloader, build_records
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
-from utils.coco_eval import coco_evaluate, detections_to_coco_results, records_to_coco_gt, write_json_atomic
+from utils.coco_eval import (
+    coco_evaluate,
+    detections_to_coco_results,
+    records_to_coco_gt,
+    write_json_atomic,
+)
 from utils.dist import DistInfo, all_gather_object, broadcast_object, unwrap
+from utils.metrics import operative_metrics
+
+BENCH_DEVICES = ("auto", "cpu", "cuda", "all")
+
+
+def check_eval_cfg(cfg) -> None:
+    """Raise ConfigError naming the eval.* key whose value cannot work."""
+    e = cfg.eval
+    for key, value, lo, hi in (("eval.conf_prod", e.conf_prod, 0.0, 1.0),
+                               ("eval.match_iou", e.match_iou, 1e-6, 1.0)):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}={value} must be in [{lo:g}, {hi:g}]")
+    if e.conf_prod < e.conf_thres:
+        raise ConfigError(f"eval.conf_prod={e.conf_prod} is below eval.conf_thres={e.conf_thres}: detections "
+                          "under conf_thres are dropped before scoring; lower eval.conf_thres")
+    if any(not 0.0 <= float(c) <= 1.0 for c in e.sweep_confs):
+        raise ConfigError(f"eval.sweep_confs={e.sweep_confs} must hold confidences in [0, 1]")
+    for key in ("eval.max_images", "eval.bench_warmup"):
+        if cfg.get(key) < 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be >= 0")
+    for key in ("eval.trend_epochs", "eval.bench_iters", "eval.bench_batch"):
+        if cfg.get(key) <= 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be positive")
+    if e.bench_device not in BENCH_DEVICES:
+        raise ConfigError(f"eval.bench_device={e.bench_device!r} is not one of {list(BENCH_DEVICES)}")
+
+
+def coco_category_ids(cfg) -> list[int]:
+    """COCO category id of each class label: ``data.category_ids`` (a COCO dataset's own ids, filled
+    by ``core.builders.resolve_class_names``) or 1..nc when it is empty."""
+    nc = len(cfg.data.class_names)
+    ids = [int(c) for c in cfg.data.category_ids] or list(range(1, nc + 1))
+    if len(ids) != nc or len(set(ids)) != nc:
+        raise ConfigError(f"data.category_ids={list(cfg.data.category_ids)} must hold {nc} distinct ids, one "
+                          f"per class of data.class_names={list(cfg.data.class_names)} (or be [] for 1..nc)")
+    return ids
+
+
+def build_val_loader(cfg, dist: DistInfo) -> tuple[DataLoader, list, int]:
+    """The loader of --task val over the scored val images (the first ``eval.max_images``, or all),
+    with the configured image loader and image cache; returns (loader, scored records, split size).
+
+    A subset gets its own image cache (tag ``_n<N>``), so it neither decodes nor replaces the
+    cache of the whole split.
+    """
+    check_eval_cfg(cfg)  # before the scan and the cache build
+    records, _ = build_records(cfg, "val")
+    n = cfg.eval.max_images
+    scored = records[:n] if n > 0 else records
+    tag = f"_n{n}" if len(scored) < len(records) else ""
+    ds = dataset_for(cfg, "val", scored, tag=tag)
+    loader, _ = build_dataloader(ds, cfg.eval.batch_size, train=False, **loader_kwargs(cfg, dist))
+    return loader, scored, len(records)
+
+
+def compute_metrics(gt: dict, records: list, dets: dict[int, dict], class_names: list[str], eval_cfg,
+                    backend: str | None = None,
+                    cat_ids: list[int] | None = None) -> tuple[dict, dict, list[dict]]:
+    """The whole metric computation of one validation, from predictions to numbers.
+
+    gt: ``records_to_coco_gt(records, class_names, cat_ids)``; dets: {image_id: {"boxes" [k, 4]
+    xyxy original pixels, "scores" [k], "labels" [k]}} for every record. backend: overrides
+    eval_cfg.backend. cat_ids: COCO category id of each label, as in ``gt`` (default 1..nc).
+    Returns (metrics, curves, coco_results): metrics = COCO numbers (utils.coco_eval) plus
+    "operative" (utils.metrics report); curves for the plots; the COCO results list.
+    """
+    ids = [int(r.image_id) for r in records]
+    cat_ids = list(cat_ids) if cat_ids is not None else list(range(1, len(class_names) + 1))
+    results = detections_to_coco_results([{"image_id": i, **dets[i]} for i in ids], cat_ids)
+    metrics = coco_evaluate(gt, results, class_names, backend=backend or eval_cfg.backend, img_ids=ids)
+    gts = [{"boxes": r.boxes, "labels": r.labels, "ignore": r.ignore, "file": r.file} for r in records]
+    report, curves = operative_metrics([dets[i] for i in ids], gts, class_names, conf=eval_cfg.conf_prod,
+                                       match_iou=eval_cfg.match_iou, sweep_confs=eval_cfg.sweep_confs,
+                                       max_det=eval_cfg.max_det)
+    metrics["operative"] = report
+    return metrics, curves, results
 
 
 class Evaluator:
-    """run(model, loader, out_dir) -> metrics dict (same on every rank).
+    """run(model, loader, out_dir, epoch) -> metrics dict (same on every rank); show() prints the dashboard.
 
     Each rank predicts its share; predictions are gathered and de-duplicated by image id
     (DistributedSampler pads with repeated images), so N processes score like one.
+    records: the images scored; num_images_total: images in the split (default len(records)).
     """
 
-    def __init__(self, cfg, records: list, dist: DistInfo) -> None:
+    def __init__(self, cfg, records: list, dist: DistInfo, num_images_total: int | None = None) -> None:
+        check_eval_cfg(cfg)
         self.cfg, self.records, self.dist = cfg, records, dist
         self.class_names = list(cfg.data.class_names)
-        self.cat_ids = list(range(1, len(self.class_names) + 1))
+        self.cat_ids = coco_category_ids(cfg)  # results and ground truth keep the dataset's ids
+        self.num_images_total = len(records) if num_images_total is None else int(num_images_total)
         self._gt: dict | None = None  # COCO ground truth, built once on first scoring
+        self.history: list[dict] | None = None  # per-epoch scalars, loaded from out_dir on first scoring
+        self.seconds: float | None = None  # duration of the last metric computation
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader) -> dict[int, dict]:
-        """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K]}} for this rank."""
+        """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K]}} for this rank.
+
+        Only the evaluator's records are predicted. The loader may cover more images (its first
+        ones being the records, as with eval.max_images): an eval loader yields image ids in
+        increasing order on each rank, so the loop stops at the first batch past the last record.
+        """
         net = unwrap(model)
         was_training = net.training
         net.eval()
         e, out = self.cfg.eval, {}
+        wanted = {int(r.image_id) for r in self.records}
+        last = max(wanted, default=0)
         device = next(net.parameters()).device
         for images, _, metas in tqdm(loader, desc="val", disable=not self.dist.is_main, leave=False):
+            ids = [int(m["image_id"]) for m in metas]
+            if min(ids) > last:
+                break
             images = images.to(device, non_blocking=True)
             boxes, scores = net.decode(net(images), tuple(images.shape[2:]))
             dets = postprocess(boxes, scores, e.conf_thres, e.nms_iou, e.max_det, e.pre_nms_topk)
-            for det, meta in zip(dets, metas):
-                out[int(meta["image_id"])] = _to_original(det, meta)
+            for det, meta, i in zip(dets, metas, ids):
+                if i in wanted:
+                    out[i] = _to_original(det, meta)
         net.train(was_training)
         return out
 
-    def run(self, model: torch.nn.Module, loader, out_dir: Path | None = None) -> dict:
+    def run(self, model: torch.nn.Module, loader, out_dir: Path | None = None,
+            epoch: int | None = None) -> dict:
+        """Predict, gather, score on rank 0 (files into out_dir), broadcast the metrics."""
         local = self.predict(model, loader)
         merged: dict[int, dict] = {}
         for part in all_gather_object(local):
             merged.update(part)  # duplicates from sampler padding collapse onto one image id
-        metrics = self._score(merged, out_dir) if self.dist.is_main else None
+        metrics = self.score(merged, out_dir, epoch) if self.dist.is_main else None
         return broadcast_object(metrics)
 
-    def _score(self, dets: dict[int, dict], out_dir: Path | None) -> dict:
+    def score(self, dets: dict[int, dict], out_dir: Path | None = None, epoch: int | None = None) -> dict:
+        """All metrics of ``dets``; writes JSON and plots into out_dir when given."""
+        t0 = time.perf_counter()
         if self._gt is None:
             self._gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
-        gt = self._gt
         missing = {r.image_id for r in self.records} - set(dets)
         if missing:
             raise RuntimeError(f"no predictions were produced for {len(missing)} val images "
                                f"(e.g. image ids {sorted(missing)[:5]})")
-        det_list = [{"image_id": i, **d} for i, d in sorted(dets.items())]
-        results = detections_to_coco_results(det_list, self.cat_ids)
-        metrics = coco_evaluate(gt, results, self.class_names, backend=self.cfg.eval.backend)
+        metrics, curves, results = compute_metrics(self._gt, self.records, dets, self.class_names,
+                                                   self.cfg.eval, cat_ids=self.cat_ids)
+        metrics["num_images_total"] = self.num_images_total
+        self.seconds = time.perf_counter() - t0  # kept out of the metrics: they stay reproducible
+        self._log(metrics)
+        if epoch is not None:
+            self._add_history(metrics, epoch, out_dir)
         if out_dir is not None:
-            out_dir = Path(out_dir)
+            self._write(Path(out_dir), metrics, curves, results, epoch)
+        return metrics
+
+    def show(self, metrics: dict, out_dir: Path | None = None, epoch: int | None = None,
+             total_epochs: int | None = None, best_before: float | None = None,
+             reference: dict | None = None) -> str:
+        """Print the dashboard (if eval.dashboard) and save it as dashboard.txt; returns its plain text."""
+        from utils.dashboard import build_dashboard, print_dashboard, render_text
+        board = build_dashboard(metrics, self.history or [], epoch=epoch, total_epochs=total_epochs,
+                                best_before=best_before, reference=reference,
+                                trend_epochs=self.cfg.eval.trend_epochs, seconds=self.seconds)
+        if self.cfg.eval.dashboard:
+            print_dashboard(board)
+        text = render_text(board)
+        if out_dir is not None:
+            (Path(out_dir) / "dashboard.txt").write_text(text, encoding="utf-8")
+        return text
+
+    def best_epoch(self) -> int | None:
+        """Epoch of the highest mAP in the history (None before the first scored epoch, and off rank 0)."""
+        return max(self.history, key=lambda h: h["mAP"])["epoch"] if self.history else None
+
+    # -- helpers ----------------------------------------------------------------------
+    def _log(self, metrics: dict) -> None:
+        n, m, op = metrics["num_images"], self.num_images_total, metrics["operative"]
+        if n != m:
+            logger.warning(f"evaluated {n} of {m} images ({m - n} excluded); the scores cover those {n} only")
+        def f(v: float) -> str:
+            return f"{v:.4f}" if v >= 0 else "-"  # -1: not measurable
+
+        logger.info(f"val: mAP {f(metrics['mAP'])}, AP50 {f(metrics['mAP50'])}, "
+                    f"AR100 {f(metrics['AR100'])} | "
+                    f"@conf {op['conf']:.2f}: P {f(op['precision'])} R {f(op['recall'])} F1 {f(op['f1'])} "
+                    f"({metrics['backend']}, {n} images)")
+
+    def _add_history(self, metrics: dict, epoch: int, out_dir: Path | None) -> None:
+        from utils.dashboard import history_entry
+        if self.history is None:
+            path = Path(out_dir) / "history.json" if out_dir is not None else None
+            self.history = json.loads(path.read_text()) if path is not None and path.is_file() else []
+        # A resumed run validates an epoch again: its new line replaces the old ones from there on.
+        self.history = [h for h in self.history if h["epoch"] < epoch] + [history_entry(metrics, epoch)]
+
+    def _write(self, out_dir: Path, metrics: dict, curves: dict, results: list, epoch: int | None) -> None:
+        e = self.cfg.eval
+        if e.save_json:
             write_json_atomic(out_dir / "metrics.json", metrics)
             write_json_atomic(out_dir / "predictions.json", results)
-            write_json_atomic(out_dir / "ground_truth.json", gt)
-        return metrics
+            write_json_atomic(out_dir / "ground_truth.json", self._gt)
+        if self.history is not None:
+            write_json_atomic(out_dir / "history.json", self.history)
+        if e.plots:
+            from utils.plots import plot_confusion_matrix, plot_metric_curves
+            plot_dir = out_dir / "plots" / (f"epoch{epoch:03d}" if epoch is not None else "")
+            title = f"(epoch {epoch})" if epoch is not None else ""
+            conf = metrics["operative"]["confusion"]
+            cm_title = f"confusion at conf {e.conf_prod:.2f}, IoU {e.match_iou:.2f} {title}".strip()
+            plot_confusion_matrix(conf["matrix"], conf["labels"], plot_dir / "confusion_matrix.png",
+                                  title=cm_title)
+            plot_metric_curves(curves, self.class_names, plot_dir, title=title)
 
 
 def _to_original(det: dict, meta: dict) -> dict:

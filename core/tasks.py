@@ -1,6 +1,9 @@
 """One function per task; each builds only what its task needs."""
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from loguru import logger
@@ -11,7 +14,7 @@ from datasets.image_io import ImageError
 from datasets.scan import DatasetError
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.dist import broadcast_object, cleanup, init_distributed, set_cpu_threads
-from utils.logging import setup_logging
+from utils.logging import close_run_log, setup_logging
 from utils.run_dir import make_run_dir
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError)
@@ -21,13 +24,14 @@ def config_for(args) -> BaseConfig:
     """--config if given, else the config stored in --ckpt, else configs/my_config.py; then overrides."""
     if args.config is None and args.ckpt:
         ckpt = load_checkpoint(args.ckpt, required=("config",))
-        cfg = BaseConfig.from_dict(ckpt["config"])
+        cfg = BaseConfig.from_dict(ckpt["config"], strict=False)
         apply_overrides(cfg, args.overrides)
         return cfg
     return load_config(args.config, args.overrides)
 
 
 def run_task(args) -> None:
+    close_run_log()  # nothing of this run (e.g. a config error) goes into an earlier run's log file
     cfg = config_for(args).validate()
     dist = init_distributed()
     set_cpu_threads(cfg.train.num_threads)
@@ -43,24 +47,96 @@ def run_task(args) -> None:
         TASK_FUNCS[args.task](cfg, args, dist, run_dir)
     finally:
         cleanup()
+    # Done: later code of this process does not write into this run's log. After a failure the file
+    # stays attached until the next run, so main's error message is written into it.
+    close_run_log()
 
 
 def task_train(cfg, args, dist, run_dir: Path) -> None:
-    from core.trainer import Trainer
+    """Train (or resume with --ckpt). SIGTERM/SIGINT finish the step, write last.pth and exit with
+    128 + the signal number; any other failure is logged with its rank and traceback (each rank's
+    log file), then the process exits non-zero."""
+    from core.trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
     if dist.is_main:
         from utils.coco_eval import write_json_atomic
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    Trainer(cfg, dist, run_dir, resume=args.ckpt).fit()
+    try:
+        trainer = Trainer(cfg, dist, run_dir, resume=args.ckpt)
+        with _stop_on_signals(trainer):
+            trainer.fit()
+    except USER_ERRORS:
+        raise
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        logger.error(f"rank {dist.rank}: {type(e).__name__}: {e}")
+        raise SystemExit(1) from None
+    except Exception as e:  # noqa: BLE001 - logged with its traceback, then a non-zero exit
+        logger.opt(exception=e).error(f"rank {dist.rank} of {dist.world_size}: training failed: "
+                                      f"{type(e).__name__}: {e}")
+        raise SystemExit(1) from None
+    if trainer.interrupted and trainer.stop_signal is not None:
+        raise SystemExit(128 + trainer.stop_signal)
+
+
+@contextmanager
+def _stop_on_signals(trainer):
+    """While training, SIGTERM and SIGINT ask the trainer to stop cleanly; a second one acts at once
+    (the previous handlers are back after the first)."""
+    signals = (signal.SIGTERM, signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, _frame) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        logger.warning(f"{signal.Signals(signum).name} received: finishing the current step, then writing "
+                       "last.pth and exiting (send it again to stop at once)")
+        trainer.request_stop(signum)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def task_val(cfg, args, dist, run_dir: Path) -> None:
-    from core.builders import build_eval_loader, load_weights
-    from core.evaluator import Evaluator
+    from core.builders import load_weights, resolve_class_names
+    from core.evaluator import Evaluator, build_val_loader
     model = load_weights(cfg, args.ckpt, dist.device)
-    loader, records = build_eval_loader(cfg, dist, "val")
-    Evaluator(cfg, records, dist).run(model, loader, run_dir if dist.is_main else None)
-    if dist.is_main:
-        logger.info(f"metrics.json, predictions.json and ground_truth.json written to {run_dir}")
+    resolve_class_names(cfg)  # COCO data under a --config without them: the json's category ids
+    loader, scored, total = build_val_loader(cfg, dist)
+    evaluator = Evaluator(cfg, scored, dist, num_images_total=total)
+    metrics = evaluator.run(model, loader, run_dir if dist.is_main else None)
+    if not dist.is_main:
+        return
+    ckpt = load_checkpoint(args.ckpt, required=())
+    recorded = {"epoch": ckpt.get("epoch", "?"), "mAP": ckpt.get("metrics", {}).get("mAP", -1.0)}
+    evaluator.show(metrics, run_dir, reference=recorded)
+    logger.info(f"evaluation results written to {run_dir}")
+    if cfg.eval.benchmark:
+        from core.benchmark import run_benchmark
+        run_benchmark(model, cfg, dist.device, args.ckpt, run_dir)
+
+
+def task_benchmark(cfg, args, dist, run_dir: Path) -> None:
+    """Speed of the checkpoint's model, or of cfg's randomly initialised model without --ckpt."""
+    from core.benchmark import run_benchmark
+    from core.builders import load_weights, resolve_class_names
+    from models import build_model
+    if not dist.is_main:
+        return
+    if args.ckpt:
+        model = load_weights(cfg, args.ckpt, dist.device)
+    else:
+        resolve_class_names(cfg)
+        model = build_model(cfg).eval().requires_grad_(False)
+        logger.warning("no --ckpt: timing randomly initialised weights (speed, size and FLOPs do not "
+                       "depend on them)")
+    run_benchmark(model, cfg, dist.device, args.ckpt, run_dir)
 
 
 def task_predict(cfg, args, dist, run_dir: Path) -> None:
@@ -72,9 +148,14 @@ def task_predict(cfg, args, dist, run_dir: Path) -> None:
 
 
 def task_debug(cfg, args, dist, run_dir: Path) -> None:
-    from core.debugger import draw_assignments_for_config
-    if dist.is_main:
+    from core.debugger import draw_assignments_for_config, draw_samples_for_config
+    if not dist.is_main:
+        return
+    if cfg.debug.mode == "samples":
+        draw_samples_for_config(cfg, run_dir)
+    else:
         draw_assignments_for_config(cfg, run_dir, args.ckpt)
 
 
-TASK_FUNCS = {"train": task_train, "val": task_val, "predict": task_predict, "debug": task_debug}
+TASK_FUNCS = {"train": task_train, "val": task_val, "predict": task_predict, "debug": task_debug,
+              "benchmark": task_benchmark}

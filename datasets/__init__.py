@@ -1,7 +1,8 @@
 """Datasets: parsers -> scanned Records -> DetectionDataset -> DataLoader.
 
-``DATASETS`` maps ``cfg.data.format`` to a parser class constructed with the config, offering
-``records(split, class_names) -> (list[Record], ScanReport)`` and ``class_names() -> list[str]``.
+``DATASETS`` maps ``cfg.data.format`` to a parser class (``datasets.parser.Parser``) built
+with the config: ``"voc"`` (Pascal VOC xml), ``"coco"`` (COCO json), ``"yolo"`` (YOLO txt).
+All three give identical records for the same data.
 """
 from __future__ import annotations
 
@@ -9,18 +10,23 @@ from typing import Any
 
 from loguru import logger
 
+from datasets.coco import CocoParser
 from datasets.dataset import DetectionDataset, build_dataloader, collate_fn
+from datasets.label_cache import cached_scan, split_cache_dir
+from datasets.parser import Parser
 from datasets.records import Record
 from datasets.scan import DatasetError, ScanReport
 from datasets.voc import VocParser
+from datasets.yolo import YoloParser
 
-DATASETS = {"voc": VocParser}
+DATASETS: dict[str, type[Parser]] = {"voc": VocParser, "coco": CocoParser, "yolo": YoloParser}
 
-__all__ = ["DATASETS", "DatasetError", "DetectionDataset", "Record", "ScanReport",
-           "build_dataloader", "build_records", "collate_fn", "discover_class_names"]
+__all__ = ["DATASETS", "DatasetError", "DetectionDataset", "Record", "ScanReport", "build_dataloader",
+           "build_parser", "build_records", "category_ids", "collate_fn", "discover_class_names",
+           "split_cache_dir"]
 
 
-def _parser(cfg: Any) -> Any:
+def build_parser(cfg: Any) -> Parser:
     fmt = cfg.data.format
     if fmt not in DATASETS:
         raise DatasetError(f"unknown data.format {fmt!r}; valid: {sorted(DATASETS)}")
@@ -28,18 +34,30 @@ def _parser(cfg: Any) -> Any:
 
 
 def discover_class_names(cfg: Any) -> list[str]:
-    """Sorted class names found in the train split's annotations (for empty data.class_names)."""
-    return _parser(cfg).class_names()
+    """Class names from the data, for an empty data.class_names (see ``DataCfg.class_names``)."""
+    return build_parser(cfg).class_names()
+
+
+def category_ids(cfg: Any) -> list[int]:
+    """COCO category id of each class: from the json for COCO data, else 1..nc."""
+    names = list(cfg.data.class_names)
+    if cfg.data.format == "coco":
+        return build_parser(cfg).category_ids(names)
+    return list(range(1, len(names) + 1))
 
 
 def build_records(cfg: Any, split: str) -> tuple[list[Record], ScanReport]:
     """Scan ``split`` ("train" or "val") of the configured dataset and log the summary.
 
-    Class names are ``cfg.data.class_names``, or the discovered train names when that is empty
-    (the config is not modified: the caller decides where the names go).
+    Goes through the label cache when ``data.cache_labels`` is set. Class names are
+    ``cfg.data.class_names``, or the names found in the data when that is empty (the config is
+    not modified: the caller decides where the names go).
     """
-    parser = _parser(cfg)
+    parser = build_parser(cfg)
     names = list(cfg.data.class_names) or parser.class_names()
-    records, report = parser.records(split, names)
+    if cfg.data.cache_labels:
+        records, report = cached_scan(parser, split, names, cfg)
+    else:
+        records, report = parser.records(split, names)
     logger.info(report.summary())
     return records, report

@@ -4,10 +4,15 @@ Item: ``(image uint8 [3, H, W], target float32 [n, 5] = (cls, x1, y1, x2, y2) in
 pixels with ignore regions as cls = -1, meta)``. Batch: ``(images float32 [B, 3, H, W] in 0..1,
 targets float32 [N, 6] = (batch_idx, cls, x1, y1, x2, y2), metas)``.
 
+Images come from the image cache when there is one (``datasets.image_cache``), else from the
+configured loader (``datasets.loaders``); both give the same pixels.
+
 Reproducibility: sample i of epoch e draws all randomness from
 ``np.random.default_rng([seed, e, i])``, so augmentation depends on (seed, epoch, index) only,
 never on the worker count. The epoch lives in shared memory so ``set_epoch`` reaches
-persistent workers; call it before ``iter(loader)``.
+persistent workers; call it before ``iter(loader)``. The same shared epoch switches the
+multi-image augmentations off for the last ``aug.close_mosaic_epochs`` epochs, in running
+workers and after a resume alike (the trainer calls ``set_epoch`` with the resumed epoch).
 """
 from __future__ import annotations
 
@@ -18,29 +23,55 @@ from typing import Any
 import numpy as np
 import torch
 from loguru import logger
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    SequentialSampler,
+)
 
-from datasets.image_io import ImageError, load_image
-from datasets.mosaic import mosaic4
+from datasets.augment import TrainAugment
+from datasets.image_cache import ImageCache
+from datasets.image_io import ImageError
+from datasets.limits import warn_small_shm, workers_within_file_limit
+from datasets.loaders import ImageLoader, PilLoader
 from datasets.records import Record
-from datasets.transforms import TrainAugment, boxes_to_letterbox, letterbox, letterbox_params
+from datasets.transforms import (
+    boxes_to_letterbox,
+    letterbox,
+    letterbox_params,
+    resize_long_side,
+)
 
 _MAX_REPLACEMENTS = 10  # train: how many other images to try when one fails to decode
+_Item = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (index used, image HWC, boxes [n, 4], labels [n])
 
 
 class DetectionDataset(Dataset):
-    """Records -> model inputs. ``train=True`` augments (mosaic or single image), else letterbox."""
+    """Records -> model inputs. ``train=True`` augments (``datasets.augment``), else letterbox.
+
+    Args:
+        loader: image loader (default PIL); ``image_cache``: cached pixels of the same records.
+        epochs: total training epochs, for ``aug.close_mosaic_epochs`` (0 = never close).
+    """
 
     def __init__(self, records: list[Record], class_names: list[str], img_size: int,
-                 aug_cfg: Any = None, train: bool = False, seed: int = 0) -> None:
+                 aug_cfg: Any = None, train: bool = False, seed: int = 0, *,
+                 loader: ImageLoader | None = None, image_cache: ImageCache | None = None,
+                 epochs: int = 0) -> None:
         self.records = records
         self.class_names = list(class_names)
         self.img_size = img_size
         self.aug_cfg = aug_cfg
         self.train = train
         self.seed = seed
+        self.loader = loader if loader is not None else PilLoader()
+        self.image_cache = image_cache
+        self.epochs = epochs
         self.augment = TrainAugment(aug_cfg, img_size) if train and aug_cfg is not None else None
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._closed_announced = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -48,32 +79,52 @@ class DetectionDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch`` (visible to already running workers)."""
         self._epoch[0] = int(epoch)
+        if self.augment is not None and not self.multi_image() and not self._closed_announced:
+            logger.info(f"epoch {epoch + 1}: mosaic, MixUp and CutMix are off from here on "
+                        f"(aug.close_mosaic_epochs={self.aug_cfg.close_mosaic_epochs} of {self.epochs})")
+            self._closed_announced = True
+
+    def multi_image(self) -> bool:
+        """False during the last ``aug.close_mosaic_epochs`` epochs of the current epoch count."""
+        close = self.aug_cfg.close_mosaic_epochs if self.aug_cfg is not None else 0
+        return not (close > 0 and self.epochs > 0 and int(self._epoch[0]) >= self.epochs - close)
 
     def rng(self, index: int) -> np.random.Generator:
         """The generator of sample ``index`` in the current epoch."""
         return np.random.default_rng([self.seed, int(self._epoch[0]), index])
 
     # -- loading ------------------------------------------------------------------------
-    def _load(self, index: int) -> np.ndarray:
-        """[H, W, 3] uint8 of record ``index``; ImageError if it no longer matches the scan."""
+    def _image(self, index: int) -> np.ndarray:
+        """[h, w, 3] uint8 of record ``index``: cached (maybe already resized) or decoded."""
         rec = self.records[index]
-        img = load_image(rec.file)
-        if img.shape[:2] != tuple(rec.img_hw):
-            raise ImageError(f"{rec.file}: size {img.shape[:2]} differs from the scanned "
-                             f"{tuple(rec.img_hw)} (file changed after the scan?)")
+        img = self.image_cache.get(index) if self.image_cache is not None else None
+        if img is None:
+            img = self.loader.load(rec.file)
+            if img.shape[:2] != tuple(rec.img_hw):
+                raise ImageError(f"{rec.file}: size {img.shape[:2]} differs from the scanned "
+                                 f"{tuple(rec.img_hw)} (file changed after the scan?)")
         return img
 
     def _load_train(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
         """Load ``index``; if it fails, warn and use another random index (never crash a worker)."""
         for _ in range(_MAX_REPLACEMENTS):
             try:
-                return index, self._load(index)
+                return index, self._image(index)
             except ImageError as e:
                 new = int(rng.integers(len(self)))
                 logger.warning(f"{e}; train index {index} replaced by index {new}")
                 index = new
         raise RuntimeError(f"{_MAX_REPLACEMENTS} consecutive training images failed to decode "
                            f"(last: {self.records[index].file}); re-run the scan")
+
+    def _load_resized(self, index: int, rng: np.random.Generator) -> _Item:
+        """(index used, image with long side img_size, boxes and labels in its pixels)."""
+        index, img = self._load_train(index, rng)
+        img = resize_long_side(img, self.img_size)
+        boxes, labels = self._targets(index)
+        (h0, w0), (h, w) = self.records[index].img_hw, img.shape[:2]
+        scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+        return index, img, boxes * scale, labels
 
     def _targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [n+m, 4] xyxy original pixels and labels [n+m] (ignore regions = -1)."""
@@ -83,34 +134,25 @@ class DetectionDataset(Dataset):
         return boxes, labels
 
     # -- items --------------------------------------------------------------------------
-    def _eval_item(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    def _letterboxed(self, index: int, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Letterbox ``img`` (original or cached size) with the targets of record ``index``."""
+        out, _, _ = letterbox(img, self.img_size)
+        scale, pad = letterbox_params(self.records[index].img_hw, self.img_size)
+        boxes, labels = self._targets(index)
+        return out, boxes_to_letterbox(boxes, scale, pad), labels
+
+    def _eval_item(self, index: int) -> _Item:
         try:
-            img = self._load(index)
+            img = self._image(index)
         except ImageError as e:
             raise ImageError(f"{e} (dataset index {index})") from e
-        out, scale, pad = letterbox(img, self.img_size)
-        boxes, labels = self._targets(index)
-        return index, out, boxes_to_letterbox(boxes, scale, pad), labels
+        return (index, *self._letterboxed(index, img))
 
-    def _train_item(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        aug = self.aug_cfg
+    def _train_item(self, index: int, rng: np.random.Generator) -> _Item:
         if self.augment is None:  # train order and replacement policy, but no augmentation
             index, img = self._load_train(index, rng)
-            out, scale, pad = letterbox(img, self.img_size)
-            boxes, labels = self._targets(index)
-            return index, out, boxes_to_letterbox(boxes, scale, pad), labels
-        if rng.random() < aug.mosaic_prob:
-            picks = [index] + [int(j) for j in rng.integers(len(self), size=3)]
-            loaded = [self._load_train(j, rng) for j in picks]
-            samples = [(img, *self._targets(j)) for j, img in loaded]
-            index = loaded[0][0]  # meta describes the (possibly replaced) first tile
-            img, boxes, labels = mosaic4(samples, self.img_size, rng, aug)
-            img, boxes, labels = self.augment(img, boxes, labels, seed=_seed(rng), geometric=False)
-            return index, img, boxes, labels
-        index, img = self._load_train(index, rng)
-        boxes, labels = self._targets(index)
-        img, boxes, labels = self.augment(img, boxes, labels, seed=_seed(rng))
-        return index, img, boxes, labels
+            return (index, *self._letterboxed(index, img))
+        return self.augment(index, len(self), self._load_resized, rng, self.multi_image())
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(image uint8 [3, S, S], target float32 [n, 5] (cls, x1, y1, x2, y2) input pixels, meta).
@@ -137,30 +179,43 @@ def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
-def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]
+               ) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """Items -> (images float32 [B, 3, H, W] in 0..1, targets float32 [N, 6] =
     (batch_idx, cls, x1, y1, x2, y2) input pixels, metas list[dict])."""
-    images = torch.stack([b[0] for b in batch]).float().div_(255.0)
+    images = torch.empty((len(batch), *batch[0][0].shape), dtype=torch.float32)
+    for i, b in enumerate(batch):  # convert into place: no uint8 stack (and 2x faster than div(out=))
+        images[i].copy_(b[0]).div_(255.0)
     targets = [torch.cat([torch.full((len(b[1]), 1), float(i)), b[1]], dim=1) for i, b in enumerate(batch)]
     return images, torch.cat(targets, 0) if targets else torch.zeros((0, 6)), [b[2] for b in batch]
 
 
 class SeededRandomSampler(Sampler[int]):
     """Shuffles with ``torch.Generator().manual_seed(seed + epoch)``: a resumed run gets the same
-    order for the same epoch. Call ``set_epoch`` each epoch, like DistributedSampler."""
+    order for the same epoch. Call ``set_epoch`` each epoch, like DistributedSampler.
+
+    ``set_start(k)`` skips the first k indices of the current epoch's order (a run resumed
+    mid-epoch continues without loading the samples it already trained on); ``set_epoch``
+    clears it.
+    """
 
     def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.start = epoch, 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.n:
+            raise ValueError(f"sampler start {start} is outside 0..{self.n}")
+        self.start = start
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n - self.start
 
 
 def _worker_init(worker_id: int, seed: int, rank: int) -> None:
@@ -171,12 +226,15 @@ def _worker_init(worker_id: int, seed: int, rank: int) -> None:
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, rank: int = 0,
-                     world_size: int = 1, seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, Sampler]:
+                     world_size: int = 1, seed: int = 0, pin_memory: bool = False, prefetch_factor: int = 2,
+                     persistent_workers: bool = True) -> tuple[DataLoader, Sampler]:
     """DataLoader and its sampler (call ``sampler.set_epoch(e)`` on train samplers each epoch).
 
     Args:
         batch_size: images per step on this rank.
         world_size: > 1 uses a DistributedSampler (shuffle=train, seed, drop_last=False).
+        num_workers: lowered, with a warning, when the open-file limit cannot hold them.
+        prefetch_factor, persistent_workers: as in DataLoader (used only with workers).
     Train loaders shuffle with a seeded generator and drop the last partial batch when the
     (per-rank) dataset is larger than one batch.
     """
@@ -188,16 +246,20 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
     else:
         sampler = SequentialSampler(dataset)
     drop_last = bool(train and len(sampler) > batch_size)
+    num_workers = workers_within_file_limit(num_workers, prefetch_factor)
     if num_workers > 0:
         # Workers are forked: an OpenCV thread pool already running in this process would be
         # inherited half-dead and hang the first resize in a worker. The workers give the
         # parallelism, so OpenCV stays single-threaded in this process (and its children).
         import cv2
         cv2.setNumThreads(0)
+        size = getattr(dataset, "img_size", 0)
+        warn_small_shm(4 * 3 * size * size * batch_size, num_workers, prefetch_factor)
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn, pin_memory=pin_memory, drop_last=drop_last,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
         worker_init_fn=functools.partial(_worker_init, seed=seed, rank=rank),
         generator=torch.Generator().manual_seed(seed))
     return loader, sampler

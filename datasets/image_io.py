@@ -12,6 +12,7 @@ Policy:
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -27,16 +28,21 @@ class ImageError(ValueError):
     """An image file cannot be decoded; the message names the path and the reason."""
 
 
-def _open_checked(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode ``path``; translate every failure into ImageError."""
+def _open_checked(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode ``path`` (or ``data``, the decrypted bytes of ``path``); translate
+    every failure into ImageError naming ``path``."""
     p = Path(path)
+    if data is None:
+        try:
+            size = p.stat().st_size
+        except OSError as e:
+            raise ImageError(f"{p}: cannot read image file ({e.strerror or e})") from e
+    else:
+        size = len(data)
+    if size == 0:
+        raise ImageError(f"{p}: zero-byte image file")
     try:
-        if p.stat().st_size == 0:
-            raise ImageError(f"{p}: zero-byte image file")
-    except OSError as e:
-        raise ImageError(f"{p}: cannot read image file ({e.strerror or e})") from e
-    try:
-        img = Image.open(p)
+        img = Image.open(p if data is None else io.BytesIO(data))
         img.load()  # full decode now, so a truncated file fails here and not mid-training
         return img
     except Image.DecompressionBombError as e:
@@ -50,16 +56,17 @@ def _open_checked(path: str | os.PathLike) -> Image.Image:
 def _exif_orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # a broken EXIF block must not reject an otherwise good image
+    except Exception:  # noqa: BLE001 (a broken EXIF block must not reject an otherwise good image)
         return 1
 
 
-def image_hw(path: str | os.PathLike) -> tuple[int, int]:
-    """Decode-check ``path`` and return its upright (EXIF-applied) ``(h, w)`` in pixels.
+def image_hw(path: str | os.PathLike, data: bytes | None = None) -> tuple[int, int]:
+    """Decode-check ``path`` (or its bytes ``data``) and return the upright (EXIF-applied)
+    ``(h, w)`` in pixels.
 
     Raises ImageError like ``load_image``; cheaper because no pixels are converted.
     """
-    img = _open_checked(path)
+    img = _open_checked(path, data)
     try:
         w, h = img.size
         return (w, h) if _exif_orientation(img) in _SWAPS_HW else (h, w)
@@ -83,19 +90,21 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
     """Read an image file as ``[H, W, 3]`` uint8 RGB in the upright (EXIF-applied) frame.
 
     Args:
         path: file path; non-ASCII characters and spaces are fine.
+        data: the file's content when it was read (and decrypted) elsewhere; ``path`` then
+            only names the image in errors.
     Raises:
         ImageError: zero-byte, non-image, truncated or decompression-bomb files.
     """
-    img = _open_checked(path)
+    img = _open_checked(path, data)
     try:
         try:
             upright = ImageOps.exif_transpose(img)
-        except Exception:  # unreadable EXIF: keep the stored orientation
+        except Exception:  # noqa: BLE001 (unreadable EXIF: keep the stored orientation)
             upright = img
         return _to_rgb_uint8(upright)
     finally:

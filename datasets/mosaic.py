@@ -1,10 +1,21 @@
-"""2x2 mosaic of four samples into one img_size x img_size image.
+"""Mosaic canvases (2x2 and 3x3 tilings) and the two-sample mixes MixUp and CutMix.
 
-A random centre splits the square into four quadrants; sample k is resized (long side =
-img_size / 2 times a factor from ``aug.scale``) and placed with one corner on the centre, so
-the tiles never overlap and extend away from the centre, cropped at the canvas border. Boxes
-are shifted, clipped to their tile's visible part and filtered like the single-image path
-(``min_box_size`` px, ``min_visibility`` of the area). Colour and flips follow in the dataset.
+A mosaic is built as in the YOLO recipe: every tile is an image resized so its long side is
+``s = img_size`` (no padding) and the tiles are laid on a ``2s x 2s`` grey canvas, which the
+random perspective warp then maps to the ``s x s`` output (``datasets.transforms``).
+
+- 2x2: a random centre ``(xc, yc) ~ U(s/2, 3s/2)``; the four tiles meet at it, each extending
+  away from it (top-left, top-right, bottom-left, bottom-right), cropped by the canvas border.
+- 3x3: nine ``s x s`` cells, every tile pushed against the centre cell (the centre tile is
+  centred in it); a random ``2s x 2s`` window of that ``3s x 3s`` layout is the canvas.
+
+albumentations' ``Mosaic`` is not used: it centres each tile in its cell (grey bars at the
+seams) and crops to the output size before any warp, so zooming out would show grey instead of
+the rest of the canvas.
+
+Boxes are shifted with their tile and clipped to its visible part; the size they had before the
+cut is returned too (``full_wh``), so the warp's filter judges a box by how much of the whole
+object is left, not by how much of the already cut box is.
 """
 from __future__ import annotations
 
@@ -18,61 +29,102 @@ from datasets.transforms import PAD_VALUE
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image [H,W,3] uint8, boxes [n,4] xyxy px, labels [n]
 
 
-def _place(k: int, xc: int, yc: int, tw: int, th: int) -> tuple[int, int]:
-    """Top-left corner of tile k (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)."""
-    x0 = xc - tw if k in (0, 2) else xc
-    y0 = yc - th if k in (0, 1) else yc
-    return x0, y0
+def _tile_origins_2x2(shapes: list[tuple[int, int]], s: int,
+                      rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Top-left canvas corner of each of four tiles meeting at a random centre."""
+    xc, yc = (int(v) for v in rng.uniform(0.5 * s, 1.5 * s, size=2))
+    out = []
+    for k, (h, w) in enumerate(shapes):
+        x0 = xc - w if k in (0, 2) else xc
+        y0 = yc - h if k in (0, 1) else yc
+        out.append((x0, y0))
+    return out
 
 
-def _filter_boxes(boxes: np.ndarray, clipped: np.ndarray, min_box_size: float,
-                  min_visibility: float) -> np.ndarray:
-    """Keep mask: clipped side >= min_box_size px and clipped/original area >= min_visibility."""
-    wh = clipped[:, 2:] - clipped[:, :2]
-    area0 = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    area1 = np.prod(np.clip(wh, 0, None), axis=1)
-    return (wh.min(axis=1) >= min_box_size) & (area1 >= min_visibility * np.maximum(area0, 1e-9))
+def _tile_origins_3x3(shapes: list[tuple[int, int]], s: int,
+                      rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Top-left canvas corner of each of nine tiles (row-major cells, centre tile first)."""
+    ox, oy = (int(v) for v in rng.uniform(0, s, size=2))  # window of the 3s layout
+    cells = [(1, 1)] + [(r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)]
+    out = []
+    for (h, w), (r, c) in zip(shapes, cells):
+        x0 = (s - w, s + (s - w) // 2, 2 * s)[c]  # against the centre cell, or centred in it
+        y0 = (s - h, s + (s - h) // 2, 2 * s)[r]
+        out.append((x0 - ox, y0 - oy))
+    return out
 
 
-def mosaic4(samples: list[Sample], img_size: int, rng: np.random.Generator,
-            aug_cfg: Any) -> Sample:
-    """Combine four (image, boxes, labels) samples into one mosaic.
+def mosaic(samples: list[Sample], s: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tile 4 or 9 samples (long side already ``s``) on a 2s x 2s canvas.
 
-    Args:
-        samples: four samples; boxes [n, 4] xyxy pixels of their own image, labels [n] int64
-            (-1 = ignore region, carried through unchanged).
-        img_size: output side, pixels.
-        rng: the caller's per-sample generator (reproducible augmentation).
-        aug_cfg: uses scale, min_box_size, min_visibility.
     Returns:
-        (image [img_size, img_size, 3] uint8, boxes [m, 4] float32 inside the image, labels [m]).
+        (canvas [2s, 2s, 3] uint8, boxes [m, 4] float32 clipped to their tile's visible part,
+        labels [m] int64 (ignore regions keep -1), full_wh [m, 2] float32 size before clipping).
     """
-    s = img_size
-    canvas = np.full((s, s, 3), PAD_VALUE, dtype=np.uint8)
-    xc, yc = (int(v) for v in rng.uniform(0.25 * s, 0.75 * s, size=2))
-    lo, hi = aug_cfg.scale
-    all_boxes, all_labels = [], []
-    for k, (img, boxes, labels) in enumerate(samples):
+    if len(samples) not in (4, 9):
+        raise ValueError(f"mosaic takes 4 or 9 samples, got {len(samples)}")
+    size = 2 * s
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    shapes = [img.shape[:2] for img, _, _ in samples]
+    origins = (_tile_origins_2x2 if len(samples) == 4 else _tile_origins_3x3)(shapes, s, rng)
+    boxes_out, labels_out, wh_out = [], [], []
+    for (img, boxes, labels), (x0, y0) in zip(samples, origins):
         h, w = img.shape[:2]
-        f = (s / 2) * float(rng.uniform(lo, hi)) / max(h, w)
-        tw, th = max(1, round(w * f)), max(1, round(h * f))
-        tile = cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-        x0, y0 = _place(k, xc, yc, tw, th)
-        # visible part of the tile on the canvas, in canvas coordinates
-        vx0, vy0, vx1, vy1 = max(x0, 0), max(y0, 0), min(x0 + tw, s), min(y0 + th, s)
+        vx0, vy0, vx1, vy1 = max(x0, 0), max(y0, 0), min(x0 + w, size), min(y0 + h, size)
         if vx1 <= vx0 or vy1 <= vy0:
             continue
-        canvas[vy0:vy1, vx0:vx1] = tile[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0]
-        if len(boxes) == 0:
-            continue
-        # exact per-axis factors, so boxes follow the rounded tile size
-        sx, sy = tw / w, th / h
-        b = np.asarray(boxes, np.float64) * [sx, sy, sx, sy] + [x0, y0, x0, y0]
+        canvas[vy0:vy1, vx0:vx1] = img[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0]
+        b = np.asarray(boxes, np.float64).reshape(-1, 4) + [x0, y0, x0, y0]
         c = np.clip(b, [vx0, vy0, vx0, vy0], [vx1, vy1, vx1, vy1])
-        keep = _filter_boxes(b, c, aug_cfg.min_box_size, aug_cfg.min_visibility)
-        all_boxes.append(c[keep])
-        all_labels.append(np.asarray(labels, np.int64)[keep])
-    if not all_boxes:
-        return canvas, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-    return (canvas, np.concatenate(all_boxes).astype(np.float32),
-            np.concatenate(all_labels).astype(np.int64))
+        visible = (c[:, 2] > c[:, 0]) & (c[:, 3] > c[:, 1])
+        boxes_out.append(c[visible])
+        labels_out.append(np.asarray(labels, np.int64)[visible])
+        wh_out.append((b[:, 2:] - b[:, :2])[visible])
+    if not boxes_out:
+        return canvas, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 2), np.float32)
+    return (canvas, np.concatenate(boxes_out).astype(np.float32), np.concatenate(labels_out),
+            np.concatenate(wh_out).astype(np.float32))
+
+
+def mixup(a: Sample, b: Sample, rng: np.random.Generator, beta: float) -> Sample:
+    """Blend two same-size samples with r ~ Beta(beta, beta); the boxes of both are kept."""
+    r = float(rng.beta(beta, beta))
+    image = cv2.addWeighted(a[0], r, b[0], 1.0 - r, 0.0)
+    boxes = np.concatenate([a[1], b[1]]).astype(np.float32)
+    return image, boxes, np.concatenate([a[2], b[2]]).astype(np.int64)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def cutmix(a: Sample, b: Sample, rng: np.random.Generator, aug: Any) -> Sample:
+    """Paste a random rectangle of ``b`` into ``a`` (same size); its area fraction is
+    1 - lam, lam ~ Beta(cutmix_beta, cutmix_beta).
+
+    ``a``'s boxes are dropped when less than ``min_visibility`` of them stays uncovered; ``b``'s
+    boxes are clipped to the rectangle and kept when at least ``min_visibility`` of them and
+    more than ``min_box_size`` px on each side lies inside it.
+    """
+    h, w = a[0].shape[:2]
+    lam = float(rng.beta(aug.cutmix_beta, aug.cutmix_beta))
+    cw, ch = w * np.sqrt(1.0 - lam), h * np.sqrt(1.0 - lam)
+    cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+    x0, x1 = int(np.clip(round(cx - cw / 2), 0, w)), int(np.clip(round(cx + cw / 2), 0, w))
+    y0, y1 = int(np.clip(round(cy - ch / 2), 0, h)), int(np.clip(round(cy + ch / 2), 0, h))
+    image = a[0].copy()
+    image[y0:y1, x0:x1] = b[0][y0:y1, x0:x1]
+    region = np.array([x0, y0, x1, y1], np.float64)
+
+    boxes_a = np.asarray(a[1], np.float64).reshape(-1, 4)
+    covered = np.clip(boxes_a, region[[0, 1, 0, 1]], region[[2, 3, 2, 3]])
+    keep_a = _area(boxes_a) - _area(covered) >= aug.min_visibility * _area(boxes_a)
+
+    boxes_b = np.asarray(b[1], np.float64).reshape(-1, 4)
+    inside = np.clip(boxes_b, region[[0, 1, 0, 1]], region[[2, 3, 2, 3]])
+    wh = inside[:, 2:] - inside[:, :2]
+    keep_b = (_area(inside) >= aug.min_visibility * _area(boxes_b)) & (wh.min(axis=1) > aug.min_box_size)
+    boxes = np.concatenate([boxes_a[keep_a], inside[keep_b]]).astype(np.float32)
+    labels = np.concatenate([np.asarray(a[2], np.int64)[keep_a], np.asarray(b[2], np.int64)[keep_b]])
+    return image, boxes, labels

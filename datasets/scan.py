@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ from datasets.records import Record
 
 CLIP_TOLERANCE = 0.01  # boxes may exceed the image by this fraction of its side and get clipped
 _MAX_LISTED = 10  # bad items listed in an error or summary
+_CLIP_NOISE = 1e-3  # px; smaller overshoots (float noise of normalised coordinates) are not counted
 
 
 class DatasetError(ValueError):
@@ -37,14 +39,19 @@ class DatasetError(ValueError):
 class RawObject:
     """One annotated object as written in the annotation file.
 
-    xyxy_raw: (xmin, ymin, xmax, ymax) in the file's own convention (see ``scan_items`` offset).
+    xyxy_raw: (xmin, ymin, xmax, ymax) in the file's own convention (see ``scan_items`` offset),
+        or fractions of the image width and height when ``normalized`` (YOLO txt).
     where: human-readable position, e.g. "object 3" or "line 4".
+    difficult: VOC difficult, an ignore region when ``difficult_as_ignore``.
+    crowd: COCO iscrowd, always an ignore region.
     """
 
     name: str
     xyxy_raw: tuple[float, float, float, float]
     difficult: bool = False
     where: str = ""
+    normalized: bool = False
+    crowd: bool = False
 
 
 @dataclass
@@ -91,15 +98,15 @@ class ScanReport:
     def summary(self) -> str:
         """A readable multi-line summary: found / fixed / dropped / skipped and why."""
         lines = [
-            f"scan {self.source} [{self.split}]: {self.images_found} images found, "
-            f"{self.images_ok} ok, {self.images_skipped} skipped ({self.corrupt_images} corrupt)",
-            f"  boxes: {self.boxes} kept, {self.ignore_regions} ignore regions; "
+            (f"scan {self.source} [{self.split}]: {self.images_found} images found, "
+            f"{self.images_ok} ok, {self.images_skipped} skipped ({self.corrupt_images} corrupt)"),
+            (f"  boxes: {self.boxes} kept, {self.ignore_regions} ignore regions; "
             f"background images: {self.background_images} "
-            f"({self.missing_annotations} without annotation file)",
-            f"  fixed: {self.boxes_clipped} clipped to the image, {self.boxes_inverted_fixed} "
+            f"({self.missing_annotations} without annotation file)"),
+            (f"  fixed: {self.boxes_clipped} clipped to the image, {self.boxes_inverted_fixed} "
             f"inverted swapped, {self.boxes_duplicate_removed} duplicates removed; dropped: "
             f"{self.boxes_degenerate_dropped} degenerate (zero width/height); "
-            f"size mismatches (decoded size used): {self.size_mismatch}",
+            f"size mismatches (decoded size used): {self.size_mismatch}"),
         ]
         for file, reason in self.skipped[:_MAX_LISTED]:
             lines.append(f"  skipped {file}: {reason}")
@@ -112,11 +119,12 @@ class _BadItem(Exception):
     """Internal: this image must be skipped (train) or reported (val)."""
 
 
-def _decode_all(files: list[Path]) -> list[tuple[int, int] | ImageError]:
+def _decode_all(files: list[Path],
+                hw: Callable[[Path], tuple[int, int]]) -> list[tuple[int, int] | ImageError]:
     """Decode-check every image in a thread pool (PIL releases the GIL while decoding)."""
     def check(p: Path) -> tuple[int, int] | ImageError:
         try:
-            return image_hw(p)
+            return hw(p)
         except ImageError as e:
             return e
 
@@ -148,6 +156,8 @@ def _clean_object(o: RawObject, img_hw: tuple[int, int], offset: float,
     b = np.asarray(o.xyxy_raw, dtype=np.float64)
     if not np.all(np.isfinite(b)):
         raise _BadItem(f"{o.where}: non-finite coordinate {tuple(o.xyxy_raw)}")
+    if o.normalized:
+        b = b * [img_hw[1], img_hw[0], img_hw[1], img_hw[0]]
     if b[0] > b[2] or b[1] > b[3]:
         b = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])])
         counts["boxes_inverted_fixed"] += 1
@@ -163,7 +173,7 @@ def _clean_object(o: RawObject, img_hw: tuple[int, int], offset: float,
         raise _BadItem(f"{o.where}: box {tuple(o.xyxy_raw)} lies outside the {w}x{h} image "
                        f"by more than {CLIP_TOLERANCE:.0%} of its side")
     c = np.clip(b, 0, [w, h, w, h])
-    if np.any(c != b):
+    if np.any(np.abs(c - b) > _CLIP_NOISE):
         counts["boxes_clipped"] += 1
     if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
         counts["boxes_degenerate_dropped"] += 1
@@ -195,7 +205,7 @@ def _build_record(it: RawItem, img_hw: tuple[int, int], name_to_id: dict[str, in
         b = _clean_object(o, img_hw, offset, counts)
         if b is None:
             continue
-        if o.difficult and difficult_as_ignore:
+        if o.crowd or (o.difficult and difficult_as_ignore):
             ignores.append(b)
         else:
             boxes.append(b)
@@ -217,7 +227,8 @@ def _check_size(it: RawItem, img_hw: tuple[int, int], counts: Counter) -> None:
 
 def scan_items(items: list[RawItem], class_names: list[str], split: str, *, strict: bool = False,
                difficult_as_ignore: bool = True, offset: float = 0.0, source: str = "",
-               example_annotation: str = "") -> tuple[list[Record], ScanReport]:
+               example_annotation: str = "",
+               image_hw: Callable[[Path], tuple[int, int]] = image_hw) -> tuple[list[Record], ScanReport]:
     """Check and clean a split's items.
 
     Args:
@@ -226,6 +237,7 @@ def scan_items(items: list[RawItem], class_names: list[str], split: str, *, stri
         split: "train" skips bad items with a warning; anything else raises DatasetError.
         offset: subtracted from (xmin, ymin) to get 0-based pixel edges (VOC: 1.0).
         example_annotation: shown in the "no labels found" error.
+        image_hw: decode check returning the upright (h, w) (the configured loader's ``hw``).
     Returns:
         (records, report).
     """
@@ -233,7 +245,7 @@ def scan_items(items: list[RawItem], class_names: list[str], split: str, *, stri
     check_class_names([it for it in items if it.error is None], class_names)
     name_to_id = {n: i for i, n in enumerate(class_names)}
     records: list[Record] = []
-    decoded = _decode_all([it.file for it in items])
+    decoded = _decode_all([it.file for it in items], image_hw)
     for it, hw in zip(items, decoded):
         counts: Counter = Counter()
         try:

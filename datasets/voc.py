@@ -12,78 +12,60 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import ParseError
 
 import defusedxml
 import defusedxml.ElementTree as DET
-from xml.etree.ElementTree import ParseError
 
-from datasets.records import Record
-from datasets.scan import DatasetError, RawItem, RawObject, ScanReport, scan_items
+from datasets.parser import Parser
+from datasets.paths import REPO_ROOT, resolve_root, with_enc_fallback
+from datasets.scan import DatasetError, RawItem, RawObject
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["REPO_ROOT", "VOC_OFFSET", "VocParser", "resolve_root"]
+
 VOC_OFFSET = 1.0  # VOC xmin/ymin are 1-based; subtracted to get 0-based pixel edges
 
 
-def resolve_root(root: str) -> Path:
-    """``cfg.data.root`` as an absolute resolved path (relative = against the repo root)."""
-    p = Path(root).expanduser()
-    return (p if p.is_absolute() else REPO_ROOT / p).resolve()
-
-
-def _is_under(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-class VocParser:
+class VocParser(Parser):
     """Reads the VOC sets named in ``cfg.data`` (``train_sets`` / ``val_sets``)."""
 
+    name = "voc"
     offset = VOC_OFFSET
 
-    def __init__(self, cfg: Any) -> None:
-        self.data = cfg.data
-        self.root = resolve_root(cfg.data.root)
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset root {self.root} (data.root={cfg.data.root!r}) is not a "
-                               "directory; a relative root resolves against the repo root")
-
-    # -- public ---------------------------------------------------------------------
-    def items(self, split: str) -> list[RawItem]:
+    # -- format hooks -------------------------------------------------------------------
+    def items(self, split: str, class_names: list[str] | None = None) -> list[RawItem]:
         """Parsed (not yet checked) items of ``split`` ("train" -> train_sets, else val_sets)."""
-        sets = self.data.train_sets if split == "train" else self.data.val_sets
-        if not sets:
-            raise DatasetError(f"no image sets configured for split {split!r} "
-                               "(data.train_sets / data.val_sets)")
         out: list[RawItem] = []
-        for entry in sets:
-            out.extend(self._parse_item(year_dir, img_id)
-                       for year_dir, img_id in self._read_set(entry))
+        for entry in self.sets(split):
+            out.extend(self._parse_item(year_dir, img_id) for year_dir, img_id in self._read_set(entry))
         return out
 
-    def records(self, split: str, class_names: list[str]) -> tuple[list[Record], ScanReport]:
-        """Scan ``split``: decode-check, clean and validate (policy in ``datasets.scan``)."""
-        items = self.items(split)
-        sets = self.data.train_sets if split == "train" else self.data.val_sets
-        example = items[0].ann_file if items else self.root / "Annotations" / "<id>.xml"
-        return scan_items(items, class_names, split, strict=self.data.strict,
-                          difficult_as_ignore=self.data.difficult_as_ignore, offset=self.offset,
-                          source=f"voc {self.root} {list(sets)}", example_annotation=str(example))
+    def index_files(self, split: str) -> list[Path]:
+        return [self._set_file(entry)[1] for entry in self.sets(split)]
+
+    def example_annotation(self, split: str, items: list[RawItem]) -> str:
+        return str(items[0].ann_file) if items else str(self.root / "Annotations" / "<id>.xml")
 
     def class_names(self) -> list[str]:
         """Sorted object names found in the train split's readable annotations."""
-        names = {o.name for it in self.items("train") if it.error is None for o in it.objects}
+        names = {o.name for it in self.items("train", []) if it.error is None for o in it.objects}
         if not names:
             raise DatasetError(f"no object names found in the train sets {self.data.train_sets} "
                                f"under {self.root}; set data.class_names or check the Annotations")
         return sorted(names)
 
-    # -- sets and paths ---------------------------------------------------------------
-    def _read_set(self, entry: str) -> list[tuple[Path, str]]:
-        """(year_dir, id) pairs listed in ImageSets/Main/<set>.txt of one set entry."""
+    # -- sets and paths -----------------------------------------------------------------
+    def _set_file(self, entry: str) -> tuple[Path, Path]:
+        """(year_dir, ImageSets/Main/<set>.txt) of one set entry."""
         parts = entry.strip("/").split("/")
         if len(parts) not in (1, 2) or not all(parts) or ".." in parts:
             raise DatasetError(f"image set entry {entry!r}: expected 'SET' or 'YEAR_DIR/SET'")
         year_dir = self.root / parts[0] if len(parts) == 2 else self.root
-        set_file = year_dir / "ImageSets" / "Main" / f"{parts[-1]}.txt"
+        return year_dir, year_dir / "ImageSets" / "Main" / f"{parts[-1]}.txt"
+
+    def _read_set(self, entry: str) -> list[tuple[Path, str]]:
+        """(year_dir, id) pairs listed in ImageSets/Main/<set>.txt of one set entry."""
+        year_dir, set_file = self._set_file(entry)
         if not set_file.is_file():
             avail = sorted(p.stem for p in set_file.parent.glob("*.txt")) if set_file.parent.is_dir() else []
             raise DatasetError(f"image set {entry!r}: {set_file} not found; available sets in "
@@ -105,20 +87,12 @@ class VocParser:
                                "stem; it would leave Annotations/ and JPEGImages/ (set "
                                "data.allow_outside_root=True only for trusted data)")
 
-    def _contained(self, path: Path, what: str) -> Path:
-        """Resolve symlinks and require the result under the dataset root (unless allowed)."""
-        resolved = path.resolve()
-        if not self.data.allow_outside_root and not _is_under(resolved, self.root):
-            raise DatasetError(f"{what} {path} resolves to {resolved}, outside the dataset root "
-                               f"{self.root} (set data.allow_outside_root=True only for trusted data)")
-        return resolved
-
-    # -- one item ---------------------------------------------------------------------
+    # -- one item -----------------------------------------------------------------------
     def _parse_item(self, year_dir: Path, img_id: str) -> RawItem:
-        ann = self._contained(year_dir / "Annotations" / f"{img_id}.xml", f"annotation of id {img_id!r}")
-        img = year_dir / "JPEGImages" / f"{img_id}.jpg"
+        ann = self.contained(year_dir / "Annotations" / f"{img_id}.xml", f"annotation of id {img_id!r}")
+        img = with_enc_fallback(year_dir / "JPEGImages" / f"{img_id}.jpg")
         if not ann.is_file():
-            return RawItem(file=self._contained(img, f"image of id {img_id!r}"), ann_file=ann,
+            return RawItem(file=self.contained(img, f"image of id {img_id!r}"), ann_file=ann,
                            missing_annotation=True)
         item = RawItem(file=img, ann_file=ann)
         try:
@@ -128,7 +102,7 @@ class VocParser:
             # A security problem, not a data glitch: refused in every split.
             raise DatasetError(f"{ann}: refused XML with DTD/entity declarations ({e}); VOC "
                                "annotations never need them") from e
-        item.file = self._contained(item.file, f"image of id {img_id!r}")
+        item.file = self.contained(item.file, f"image of id {img_id!r}")
         return item
 
 
@@ -141,7 +115,7 @@ def _fill_from_xml(item: RawItem, ann: Path) -> None:
         return
     fname = (root.findtext("filename") or "").strip()
     if not item.file.exists() and Path(fname).suffix:
-        item.file = item.file.with_suffix(Path(fname).suffix)
+        item.file = with_enc_fallback(item.file.with_suffix(Path(fname).suffix))
     try:
         w, h = int(float(root.findtext("size/width", "0"))), int(float(root.findtext("size/height", "0")))
         item.declared_hw = (h, w) if w > 0 and h > 0 else None

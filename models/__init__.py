@@ -1,20 +1,68 @@
-"""Model registry and builder."""
+"""Model registry and builder.
+
+``model.name`` picks the network: "yolo" (the simple anchor-based YOLO: backbone + SPP/PAN
++ anchor head) or one of the YOLOv9-family graph networks of models/nets ("v9-t" ... "v7",
+"rd-9c"). Everything downstream (priors, coder, assigner, loss, postprocess, trainer) is
+shared, so switching family is one config line: ``assign.method = "auto"`` picks the
+family's own assignment.
+"""
 from __future__ import annotations
+
+import dataclasses
+
+from loguru import logger
 
 from configs.base_config import ConfigError
 from models.assigners import assigner_class, build_assigner
 from models.backbones import build_backbone
-from models.coders import AnchorCoder
-from models.detector import Detector
+from models.coders import AnchorCoder, DistanceCoder
+from models.detector import Detector, DetectorBase
 from models.heads.anchor_head import AnchorHead
 from models.layers import scale_channels
 from models.necks import build_neck
+from models.nets import NETS, build_net
+
+# The assignment a family trains with when assign.method = "auto".
+AUTO_ASSIGNER = {"yolo": "nearby_grid", "v7": "ratio_grid"}
+DFL_ASSIGNER = "task_aligned"
 
 
 def scaled_anchors(model_cfg, img_size: int) -> list:
     """Anchors of the config (given for anchor_ref_size) scaled to img_size, input pixels."""
     k = img_size / model_cfg.anchor_ref_size
     return [[[w * k, h * k] for w, h in lv] for lv in model_cfg.anchors]
+
+
+def model_family(name: str) -> str:
+    """"anchor" (trained by the anchor-head loss) or "dfl" (the anchor-free DFL loss)."""
+    if name == "yolo":
+        return "anchor"
+    if name not in NETS:
+        raise ConfigError(f"unknown model.name {name!r}; valid: {sorted(MODELS)}")
+    return NETS[name].family
+
+
+def assign_method(cfg) -> str:
+    """cfg.assign.method with "auto" resolved to the model family's own assignment."""
+    if cfg.assign.method != "auto":
+        return cfg.assign.method
+    return AUTO_ASSIGNER.get(cfg.model.name, DFL_ASSIGNER)
+
+
+def check_assignment(cfg) -> None:
+    """The assigner must suit the head: DFL heads need a distance assigner, anchor heads a grid one."""
+    method = assign_method(cfg)
+    distance = assigner_class(method).coder_mode == "distance"
+    if distance != (model_family(cfg.model.name) == "dfl"):
+        kind = "an anchor-free (DFL) head" if distance else "an anchor-based head"
+        raise ConfigError(f"assign.method={method!r} is made for {kind}, which model.name="
+                          f"{cfg.model.name!r} does not have; use assign.method='auto'")
+
+
+def build_assigner_for(cfg):
+    """The assigner of cfg, with assign.method 'auto' resolved for the model family."""
+    check_assignment(cfg)
+    return build_assigner(dataclasses.replace(cfg.assign, method=assign_method(cfg)))
 
 
 def build_yolo(cfg) -> Detector:
@@ -25,20 +73,55 @@ def build_yolo(cfg) -> Detector:
     neck_out = [scale_channels(c, m.channel_sparsity) for c in m.neck_channels]
     neck = build_neck(m.neck, backbone.out_channels, neck_out, m.activation)
     head = AnchorHead(neck_out, cfg.num_classes, len(m.anchors[0]), m.activation, m.obj_bias_prior)
-    coder = AnchorCoder(assigner_class(cfg.assign.method).coder_mode)
+    coder = AnchorCoder(assigner_class(assign_method(cfg)).coder_mode)
     return Detector(backbone, neck, head, m.strides, scaled_anchors(m, cfg.data.img_size), coder)
 
 
-MODELS = {"yolo": build_yolo}
+def build_graph_net(cfg) -> DetectorBase:
+    """A YOLOv9-family network by name; model.pretrained loads full-model weights (see load_pretrained)."""
+    name = cfg.model.name
+    if NETS[name].family == "dfl":
+        coder = DistanceCoder()
+    else:
+        coder = AnchorCoder(assigner_class(assign_method(cfg)).coder_mode)
+    model = build_net(name, cfg.num_classes, coder=coder, aux=cfg.model.aux)
+    if cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained)
+    return model
 
 
-def build_model(cfg) -> Detector:
+def load_pretrained(model: DetectorBase, path: str) -> None:
+    """Whole-model weights: a checkpoint of this repo (its EMA weights when present) or an
+    official release state dict. Matching tensors load; mismatched ones (e.g. another class
+    count) are listed in one warning."""
+    from models.official import load_official_state_dict
+    from utils.checkpoint import load_checkpoint, load_matching
+    try:
+        ckpt = load_checkpoint(path, required=())
+    except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the file
+        raise ConfigError(f"model.pretrained={path!r} cannot be loaded: {e}") from None
+    if "model" in ckpt and isinstance(ckpt["model"], dict) and "config" in ckpt:  # this repo's checkpoint
+        state = ckpt["ema"]["model"] if ckpt.get("ema") else ckpt["model"]
+        loaded, skipped = load_matching(model, state)
+    else:
+        loaded, skipped = load_official_state_dict(model, ckpt)
+    if not loaded:
+        raise ConfigError(f"model.pretrained={path!r}: no tensor of the file fits model {type(model).__name__}")
+    logger.info(f"pretrained weights {path}: {len(loaded)} tensors loaded, {len(skipped)} skipped")
+
+
+MODELS = {"yolo": build_yolo, **{name: build_graph_net for name in NETS}}
+
+
+def build_model(cfg) -> DetectorBase:
     if cfg.num_classes <= 0:
         raise ConfigError("data.class_names is empty: set it in the config or let the trainer "
                          "discover the names from the training annotations")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"unknown model.name {cfg.model.name!r}; valid: {sorted(MODELS)}")
+    check_assignment(cfg)
     return MODELS[cfg.model.name](cfg)
 
 
-__all__ = ["MODELS", "build_model", "build_assigner", "scaled_anchors"]
+__all__ = ["MODELS", "assign_method", "build_assigner", "build_assigner_for", "build_model", "model_family",
+           "scaled_anchors"]

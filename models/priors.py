@@ -40,7 +40,7 @@ class Priors:
     def __len__(self) -> int:
         return self.level.numel()
 
-    def to(self, device: torch.device) -> "Priors":
+    def to(self, device: torch.device) -> Priors:
         vals = {f.name: getattr(self, f.name) for f in fields(self)}
         return Priors(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in vals.items()})
 

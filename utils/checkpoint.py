@@ -9,8 +9,10 @@ load and an untrusted file cannot run code. NumPy values are refused at save tim
 from __future__ import annotations
 
 import collections
+import math
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,83 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.tmp-<pid>`` files a killed :func:`save_checkpoint` left in ``directory``
+    (never this process's own) and return them; a warning names each one. The checkpoints next to
+    them are complete: a tmp file is only ever renamed once fully written."""
+    removed = []
+    for tmp in sorted(Path(directory).glob("*.tmp-*")):
+        if tmp.is_file() and tmp.name.rsplit("-", 1)[-1] != str(os.getpid()):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            logger.warning(f"removed {tmp}: an unfinished checkpoint write of an interrupted run (the "
+                           f"checkpoint it was replacing is intact)")
+    return removed
+
+
+def non_finite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names (``prefix`` + key) of the floating-point tensors of ``state`` holding NaN or Inf."""
+    return [f"{prefix}{k}" for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+class TopKCheckpoints:
+    """Keeps the ``k`` best checkpoints of a run as ``<dir>/epoch<E>_<metric>_<value>.pth``.
+
+    ``entries`` (best first) is plain data for the training checkpoint, so a resumed run keeps
+    ranking the same files. A NaN or negative (not measurable) score never enters; a tie with
+    the worst kept score does not replace it.
+    """
+
+    def __init__(self, directory: str | os.PathLike, k: int, metric: str) -> None:
+        self.directory, self.k, self.metric = Path(directory), int(k), metric
+        self.entries: list[dict] = []  # {"epoch": int, "score": float, "file": str}, best first
+
+    def file_name(self, epoch: int, score: float) -> str:
+        return f"epoch{epoch:03d}_{self.metric}_{score:.4f}.pth"
+
+    def qualifies(self, score: float) -> bool:
+        if self.k <= 0 or not math.isfinite(score) or score < 0:
+            return False
+        return len(self.entries) < self.k or score > self.entries[-1]["score"]
+
+    def add(self, state: dict, epoch: int, score: float) -> str | None:
+        """Save ``state`` under the top-K name if ``score`` qualifies, delete the file that drops
+        out; returns the new file name (None when it does not qualify)."""
+        if not self.qualifies(score):
+            return None
+        name = self.file_name(epoch, score)
+        save_checkpoint(state, self.directory / name)
+        kept = [e for e in self.entries if e["file"] != name] + [{"epoch": int(epoch), "score": float(score),
+                                                                  "file": name}]
+        kept.sort(key=lambda e: (-e["score"], e["epoch"]))
+        for gone in kept[self.k:]:
+            (self.directory / gone["file"]).unlink(missing_ok=True)
+        self.entries = kept[:self.k]
+        return name
+
+    def state_dict(self) -> list[dict]:
+        return [dict(e) for e in self.entries]
+
+    def load_state_dict(self, entries: list[dict]) -> None:
+        """Restore the ranking; entries whose file no longer exists are dropped."""
+        self.entries = [dict(e) for e in entries if (self.directory / e["file"]).is_file()]
+
+
+_TOPK_NAME = re.compile(r"epoch\d+_\w+_[\d.]+\.pth$")
+
+
+def sibling_checkpoints(path: str | os.PathLike) -> list[str]:
+    """Other checkpoint files next to ``path`` (best.pth, last.pth, top-K files), newest first:
+    what an error about ``path`` can offer instead."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    found = [p for p in path.parent.glob("*.pth") if p.name != path.name
+             and (p.name in ("best.pth", "last.pth") or _TOPK_NAME.match(p.name))]
+    return [str(p) for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
 def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model",)) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, on CPU, with ``weights_only=True``.
 
@@ -124,7 +203,7 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear error
+    except Exception as e:  # every failure becomes one clear error
         raise CheckpointError(f"{path}: {_load_cause(e)}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, expected a dict)")

@@ -28,8 +28,9 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -215,10 +216,10 @@ def _check_inputs(gt: dict, results: Sequence[dict], img_ids: Sequence[int] | No
             raise ValueError(f"detection has image_id {r['image_id']}, which is not in the GT images")
     if img_ids is None:
         return sorted(gt_imgs)
-    missing = sorted(set(int(i) for i in img_ids) - gt_imgs)
+    missing = sorted({int(i) for i in img_ids} - gt_imgs)
     if missing:
         raise ValueError(f"img_ids {missing[:10]} are not in the GT images")
-    return sorted(set(int(i) for i in img_ids))
+    return sorted({int(i) for i in img_ids})
 
 
 def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
@@ -229,7 +230,9 @@ def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
     img_ids: score only these images (detections on other images are not counted).
     Returns {mAP, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1, AR10, AR100} (COCO
     stats[0..8]; -1.0 = no GT to score, see module docstring), "per_class" [{name,
-    category_id, AP, AP50, num_gt, num_det}], "backend", "num_images". Inputs are not modified.
+    category_id, AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, num_gt, num_det}],
+    "backend", "num_images". Inputs are not modified. The table is logged at DEBUG: callers
+    present the numbers (the evaluation dashboard, utils/dashboard.py).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown eval backend {backend!r}; valid: {sorted(BACKENDS)}")
@@ -257,14 +260,24 @@ def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
     metrics["num_images"] = len(eval_ids)
     if not results:
         logger.warning("coco_evaluate: no detections to score; every AP/AR with GT is 0.0")
-    logger.info("COCO bbox evaluation ({}, {} images)\n{}", backend, len(eval_ids), format_metrics(metrics))
+    logger.debug("COCO bbox evaluation ({}, {} images)\n{}", backend, len(eval_ids), format_metrics(metrics))
     return metrics
+
+
+PER_CLASS_AREAS = {"AP_small": 1, "AP_medium": 2, "AP_large": 3}  # area index in COCOeval's arrays
+
+
+def _mean_valid(x: np.ndarray) -> float:
+    """Mean of the entries that are not -1 (COCO's "no GT"), or -1.0 when there are none."""
+    ok = x > -1
+    return float(x[ok].mean()) if ok.any() else -1.0
 
 
 def _per_class(ev: Any, gt: dict, results: Sequence[dict], class_names: Sequence[str],
                eval_ids: set[int]) -> list[dict]:
-    """AP (IoU .50:.95) and AP50 per category from precision [T, R, K, A, M] (area all, 100 dets)."""
-    prec = np.asarray(ev.eval["precision"])
+    """Per category, from precision [T, R, K, A, M] and recall [T, K, A, M] at 100 detections:
+    AP (IoU .50:.95), AP50, AP75, AP_small/medium/large and AR100, plus GT and detection counts."""
+    prec, rec = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
     cat_order = [int(c) for c in ev.params.catIds]
     num_gt = Counter(a["category_id"] for a in gt["annotations"]
                      if not a.get("iscrowd", 0) and a["image_id"] in eval_ids)
@@ -274,10 +287,10 @@ def _per_class(ev: Any, gt: dict, results: Sequence[dict], class_names: Sequence
         name_of = {int(c["id"]): str(n) for c, n in zip(gt["categories"], class_names)}
     rows = []
     for k, cid in enumerate(cat_order):
-        p_all, p_50 = prec[:, :, k, 0, -1], prec[0, :, k, 0, -1]
-        rows.append({"name": name_of[cid], "category_id": cid,
-                     "AP": float(p_all[p_all > -1].mean()) if (p_all > -1).any() else -1.0,
-                     "AP50": float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else -1.0,
+        rows.append({"name": name_of[cid], "category_id": cid, "AP": _mean_valid(prec[:, :, k, 0, -1]),
+                     "AP50": _mean_valid(prec[0, :, k, 0, -1]), "AP75": _mean_valid(prec[5, :, k, 0, -1]),
+                     **{key: _mean_valid(prec[:, :, k, a, -1]) for key, a in PER_CLASS_AREAS.items()},
+                     "AR100": _mean_valid(rec[:, k, 0, -1]),
                      "num_gt": int(num_gt[cid]), "num_det": int(num_det[cid])})
     return rows
 
@@ -293,8 +306,11 @@ def format_metrics(metrics: dict) -> str:
     rows = metrics.get("per_class", [])
     if rows:
         width = max(8, *(len(r["name"]) for r in rows))
-        lines.append(f"{'class':<{width}s}  {'id':>4s}  {'AP':>6s}  {'AP50':>6s}  {'gt':>6s}  {'det':>7s}")
+        cols = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR100")
+        heads = "  ".join(f"{c.removeprefix('AP_'):>6s}" for c in cols)
+        lines.append(f"{'class':<{width}s}  {'id':>4s}  {heads}  {'gt':>6s}  {'det':>7s}")
         for r in rows:
-            lines.append(f"{r['name']:<{width}s}  {r['category_id']:>4d}  {f(r['AP']):>6s}  "
-                         f"{f(r['AP50']):>6s}  {r['num_gt']:>6d}  {r['num_det']:>7d}")
+            vals = "  ".join(f"{f(r[c]):>6s}" for c in cols)
+            lines.append(f"{r['name']:<{width}s}  {r['category_id']:>4d}  {vals}  {r['num_gt']:>6d}  "
+                         f"{r['num_det']:>7d}")
     return "\n".join(lines)

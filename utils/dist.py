@@ -131,6 +131,19 @@ def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks (the flags themselves without a process group).
+
+    One small all-reduce, so every rank takes the same branch afterwards (skip a step, stop the
+    run): a rank branching alone would leave the others waiting in a collective forever.
+    """
+    if not is_dist():
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
     """Seed Python, NumPy, torch and CUDA with ``seed + rank``.
 
@@ -146,7 +159,9 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
     if deterministic:
         # cuBLAS needs this workspace setting for reproducible matmuls (CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        # Only when it changes something: the call imports torch._inductor (seconds at start-up).
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
 

@@ -1,9 +1,12 @@
-"""Logging set-up (loguru console + file sinks) and a rank-aware TensorBoard writer.
+"""Logging set-up (loguru console + file sinks), a rank-aware TensorBoard writer with an
+optional Weights & Biases mirror, and the scalars they log (flattened metrics, memory).
 
 Rank 0 logs INFO to the console and to ``<run_dir>/<name>.log``; other ranks log only
 WARNING and above, to the console and to ``<run_dir>/<name>_rank<r>.log``, so a failing
 rank's traceback is kept. Console lines go through ``tqdm.write`` so they do not break
-progress bars.
+progress bars. A log file holds one run only: ``close_run_log`` detaches it (``core.tasks``
+calls it when a run starts and when it ends), and ``setup_logging`` replaces the sinks of the
+previous run.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from typing import Any
 from loguru import logger
 from tqdm import tqdm
 
-_handler_ids: list[int] = []  # sinks added by setup_logging, removed on the next call
+_handler_ids: list[int] = []  # sinks added by setup_logging (console, file), removed on the next call
+_file_sink: int | None = None  # the log file sink of the current run (also in _handler_ids)
 _tb_warned = False  # "tensorboard missing" is said once per process
 
 
@@ -34,18 +38,35 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def close_run_log() -> None:
+    """Detach (flush and close) the current run's log file; the console sink stays. Safe to repeat."""
+    global _file_sink
+    sink, _file_sink = _file_sink, None
+    if sink is None:
+        return
+    if sink in _handler_ids:
+        _handler_ids.remove(sink)
+    try:
+        logger.remove(sink)
+    except ValueError:
+        pass  # someone else removed it (e.g. logger.remove())
+
+
 def setup_logging(run_dir: Path | None, rank: int = 0, name: str = "train") -> None:
-    """Configure loguru for this process; calling it again replaces the earlier sinks.
+    """Configure loguru for this process; calling it again replaces the earlier sinks, so the
+    previous run's log file gets nothing of this run.
 
     Args:
         run_dir: directory of the log files (created if missing); None = console only.
         rank: global rank; 0 logs INFO, others WARNING.
         name: log file stem, e.g. ``train`` -> ``train.log`` / ``train_rank1.log``.
     """
+    global _file_sink
     try:
         logger.remove(0)  # loguru's default stderr handler (would print every line twice)
     except ValueError:
         pass  # already removed
+    close_run_log()
     while _handler_ids:
         try:
             logger.remove(_handler_ids.pop())
@@ -62,19 +83,22 @@ def setup_logging(run_dir: Path | None, rank: int = 0, name: str = "train") -> N
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_file = run_dir / (f"{name}.log" if rank == 0 else f"{name}_rank{rank}.log")
-    _handler_ids.append(logger.add(log_file, level=level, format=fmt, encoding="utf-8",
-                                   backtrace=False, diagnose=False))
+    _file_sink = logger.add(log_file, level=level, format=fmt, encoding="utf-8", backtrace=False,
+                            diagnose=False)
+    _handler_ids.append(_file_sink)
 
 
 class TBWriter:
     """TensorBoard scalars from rank 0 only; a silent no-op elsewhere.
 
     Also a no-op (with one warning per process) when ``torch.utils.tensorboard`` cannot be
-    imported, so training never depends on tensorboard being installed.
+    imported, so training never depends on tensorboard being installed. A ``WandbWriter``
+    attached with ``attach_wandb`` receives every scalar too.
     """
 
     def __init__(self, log_dir: Path | None, rank: int = 0) -> None:
         self._writer = None
+        self._wandb: WandbWriter | None = None
         if log_dir is None or rank != 0:
             return
         try:
@@ -93,8 +117,14 @@ class TBWriter:
         """True when scalars are actually written."""
         return self._writer is not None
 
+    def attach_wandb(self, writer: WandbWriter | None) -> None:
+        """Mirror every later scalar to ``writer`` (closed with this writer); None detaches."""
+        self._wandb = writer
+
     def add_scalars(self, scalars: dict[str, Any], step: int) -> None:
-        """Write each ``tag: value`` (float or 0-d tensor) at global ``step`` (iterations)."""
+        """Write each ``tag: value`` (float or 0-d tensor) at ``step`` (iterations or epochs, per tag)."""
+        if self._wandb is not None:
+            self._wandb.log({tag: float(v) for tag, v in scalars.items()}, step)
         if self._writer is None:
             return
         for tag, value in scalars.items():
@@ -106,7 +136,126 @@ class TBWriter:
             self._writer.flush()
 
     def close(self) -> None:
-        """Flush and close the event file (safe to call twice)."""
+        """Flush and close the event file and the W&B run (safe to call twice)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
+
+
+WANDB_MODES = ("offline", "online")
+
+
+def check_wandb(cfg: Any) -> Any:
+    """The ``wandb`` module for cfg.train, or a ConfigError naming the bad key or the missing package."""
+    from configs.base_config import ConfigError
+    if cfg.train.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"train.wandb_mode={cfg.train.wandb_mode!r} is not one of {list(WANDB_MODES)}")
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.wandb=True needs the Weights & Biases package 'wandb', which is not "
+                          "installed: pip install wandb (or set train.wandb=False)") from None
+    return wandb
+
+
+class WandbWriter:
+    """One W&B run for a training run, rank 0 only.
+
+    Files go under ``<run_dir>/wandb`` (W&B's cache, config and data dirs too, unless the user
+    set WANDB_*_DIR): nothing is written outside the run directory. Offline mode needs no
+    account and no network; upload later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+    W&B's console capture is off, so progress bars and the dashboard print unchanged.
+    A step must not decrease within a run, so callers log per-epoch values at the global
+    iteration they happened at.
+    """
+
+    def __init__(self, run_dir: Path, cfg: Any) -> None:
+        t = cfg.train
+        wandb = check_wandb(cfg)
+        base = Path(run_dir) / "wandb"
+        for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                         ("WANDB_DATA_DIR", "data")):
+            os.environ.setdefault(var, str(base / sub))
+        base.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(project=t.wandb_project, name=Path(run_dir).name, dir=str(run_dir),
+                               mode=t.wandb_mode, config=cfg.to_dict(),
+                               settings=wandb.Settings(console="off"))
+        self._last_step = -1
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        """Log at ``step``; a smaller step than the last one is logged at the last one (W&B's rule)."""
+        self._last_step = max(self._last_step, int(step))
+        self._run.log(scalars, step=self._last_step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def flatten_scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Every number of a (nested) metrics dict as ``prefix/key`` tags, for TensorBoard and W&B.
+
+    Per-class lists (dicts with a "name") become ``prefix/<metric>/<class name>``; other lists
+    (sweeps, confusion matrices) are skipped. -1.0 ("not measurable") is skipped so curves do
+    not dip to -1; booleans are skipped.
+    """
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            if value != -1.0:
+                out[f"{prefix}/{key}"] = float(value)
+        elif isinstance(value, dict):
+            out.update(flatten_scalars(value, f"{prefix}/{key}"))
+        elif key == "per_class" and isinstance(value, list):
+            for row in value:
+                values = {k: v for k, v in row.items() if k not in ("name", "category_id")}
+                row_tags = flatten_scalars(values, "")
+                out.update({f"{prefix}{tag}/{row['name']}": v for tag, v in row_tags.items()})
+    return out
+
+
+def memory_scalars(device: Any) -> dict[str, float]:
+    """Resident memory of this process and, on CUDA, allocated / peak-allocated memory, in MB."""
+    out: dict[str, float] = {}
+    rss = _rss_mb()
+    if rss is not None:
+        out["memory/rss_mb"] = rss
+    import torch
+    if getattr(device, "type", "") == "cuda" and torch.cuda.is_available():
+        out["memory/cuda_allocated_mb"] = torch.cuda.memory_allocated(device) / 2**20
+        out["memory/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _rss_mb() -> float | None:
+    """Current resident set size from /proc (Linux); None where it is not available."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def epoch_summary(epoch: int, epochs: int, seconds: float, losses: dict[str, float], map_now: float | None,
+                  best_before: float, best_epoch: int | None, improved: bool, saved: list[str]) -> str:
+    """The end-of-epoch line: losses, current vs best mAP, and which checkpoints were written.
+
+    map_now: this epoch's mAP (None = not evaluated); best_before: best mAP before this epoch
+    (< 0 = none yet); best_epoch: epoch of best_before; improved: the trainer's verdict.
+    """
+    loss = ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "no finite step"
+    best = f"best {best_before:.4f}" + (f" (epoch {best_epoch})" if best_epoch is not None else "")
+    if map_now is None:
+        score = f"not evaluated, {best}" if best_before >= 0 else "not evaluated"
+    elif improved:
+        gain = f" (+{map_now - best_before:.4f})" if best_before >= 0 else ""
+        score = f"mAP {map_now:.4f} NEW BEST{gain}"
+    else:
+        score = f"mAP {map_now:.4f}, {best}, {map_now - best_before:+.4f}"
+    ckpt = f"saved {', '.join(saved)}" if saved else "no checkpoint written"
+    return f"epoch {epoch}/{epochs} done in {seconds:.0f}s | loss {loss} | {score} | {ckpt}"

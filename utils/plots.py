@@ -1,4 +1,4 @@
-"""Drawing detections and prior assignments on images with PIL.
+"""Drawing detections and prior assignments on images with PIL; metric plots with matplotlib.
 
 Images are uint8 HWC RGB numpy arrays; boxes are [N, 4] xyxy absolute pixels of that image.
 Text uses ``ImageFont.load_default()`` (bundled with Pillow: nothing is downloaded).
@@ -8,8 +8,8 @@ plot and every run.
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -39,7 +39,7 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 def _int_box(box: Sequence[float]) -> tuple[int, int, int, int]:
     """Rounded, ordered pixel corners (PIL refuses x2 < x1)."""
-    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
     return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
 
 
@@ -59,7 +59,7 @@ def label_tag_box(text: str, box_xyxy: Sequence[float], img_hw: tuple[int, int],
     l, t, r, b = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
     tw, th = r - l + 4, b - t + 4  # 2 px padding each side
     x1, y1, _, _ = _int_box(box_xyxy)
-    h, w = img_hw
+    w = img_hw[1]
     x1 = max(0, min(x1, w - tw))
     y1 = y1 - th if y1 - th >= 0 else max(0, y1)
     return x1, y1, x1 + tw - 1, y1 + th - 1
@@ -181,3 +181,116 @@ def save_image(path: str | Path, image: np.ndarray) -> Path:
     extra = {"quality": 95} if fmt == "JPEG" else {}
     _to_pil(image).save(path, format=fmt, **extra)
     return path
+
+
+# -- metric plots (matplotlib's object API with the Agg canvas: no pyplot state, no GUI, no
+# backend switch for the rest of the process; the bundled DejaVu font, nothing downloaded) --
+
+def _figure(width: float = 6.4, height: float = 4.8) -> tuple:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path,
+                          title: str = "") -> Path:
+    """Confusion matrix PNG: rows true class, columns predicted, last row/column "background".
+
+    matrix: [n + 1, n + 1] counts (utils.metrics layout). Colour is the share of the row (where
+    each true class went; the background row: which classes the false alarms claimed); cells
+    show the counts when there are at most 30 classes.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
+        raise ValueError(f"plot_confusion_matrix: matrix {m.shape} does not fit {len(labels)} labels")
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(labels)
+    side = min(4.0 + 0.45 * n, 24.0)
+    fig, ax = _figure(side + 1.5, side)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    many = n > 8  # many labels only fit written vertically
+    ax.set_xticks(range(n), labels=list(labels), rotation=90 if many else 45,
+                  ha="center" if many else "right")
+    ax.set_yticks(range(n), labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    if n <= 31:
+        for (t, p), c in np.ndenumerate(m):
+            if c:
+                ax.text(p, t, f"{int(c)}", ha="center", va="center", fontsize=8,
+                        color="white" if share[t, p] > 0.5 else "black")
+    return _save_figure(fig, Path(path))
+
+
+_CURVES = {  # file name -> (curve key, y label)
+    "P_curve.png": ("precision", "precision"),
+    "R_curve.png": ("recall", "recall"),
+    "F1_curve.png": ("f1", "F1"),
+}
+
+
+def plot_metric_curves(curves: dict, class_names: Sequence[str], out_dir: str | Path,
+                       title: str = "") -> list[Path]:
+    """PR_curve.png, P_curve.png, R_curve.png and F1_curve.png in ``out_dir``.
+
+    curves: the second result of ``utils.metrics.operative_metrics`` ("conf" [101], "precision" /
+    "recall" / "f1" [nc + 1, 101] with the all-classes row last and NaN where not measurable,
+    "pr" [nc, 101] at "recall_grid"). One thin line per class (legend up to 20 classes) and a
+    thick one for all classes; the F1 plot marks the best F1 of all classes.
+    """
+    out_dir = Path(out_dir)
+    names = list(class_names)
+    paths = [_plot_pr(curves, names, out_dir / "PR_curve.png", title)]
+    for file, (key, ylabel) in _CURVES.items():
+        fig, ax = _figure()
+        ys = np.asarray(curves[key])
+        for i, name in enumerate(names):
+            ax.plot(curves["conf"], ys[i], lw=1, color=_rgb01(i), label=name if len(names) <= 20 else None)
+        ax.plot(curves["conf"], ys[-1], lw=3, color="#1f3b73", label="all classes")
+        if key == "f1" and np.isfinite(ys[-1]).any():
+            best = int(np.nanargmax(ys[-1]))
+            ax.plot([curves["conf"][best]], [ys[-1][best]], "o", color="#d62728",
+                    label=f"best {ys[-1][best]:.3f} at {curves['conf'][best]:.2f}")
+        _finish_axes(ax, "confidence", ylabel, f"{ylabel} vs confidence {title}".strip())
+        paths.append(_save_figure(fig, out_dir / file))
+    return paths
+
+
+def _plot_pr(curves: dict, names: list[str], path: Path, title: str) -> Path:
+    fig, ax = _figure()
+    pr = np.asarray(curves["pr"])
+    for i, name in enumerate(names):
+        ax.plot(curves["recall_grid"], pr[i], lw=1, color=_rgb01(i),
+                label=f"{name} {pr[i].mean():.3f}" if len(names) <= 20 else None)
+    if len(names):
+        ax.plot(curves["recall_grid"], pr.mean(0), lw=3, color="#1f3b73",
+                label=f"all classes {pr.mean():.3f}")
+    _finish_axes(ax, "recall", "precision", f"precision-recall at the match IoU (legend: AP) {title}".strip())
+    return _save_figure(fig, path)
+
+
+def _finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def _rgb01(i: int) -> tuple[float, float, float]:
+    """class_color as matplotlib's 0..1 floats (same colour per class as the drawn boxes)."""
+    return tuple(c / 255 for c in class_color(i))

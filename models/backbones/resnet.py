@@ -94,7 +94,7 @@ class ResNet(nn.Module):
         zero_init_residual: zero the last BN gamma of each block (see ``_init_weights``).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...],
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, ...],
                  width: float = 1.0, activation: str = "relu",
                  zero_init_residual: bool = True) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.assigners.base import AssignResult, BaseAssigner
+from models.detector import main_output
 from models.priors import Priors
 from utils.boxes import bbox_iou, box_iou
 
@@ -36,9 +37,9 @@ class YoloAnchorLoss:
         self.num_classes = num_classes
 
     def __call__(self, raw: Tensor, targets: Tensor, priors: Priors) -> tuple[Tensor, dict]:
-        raw = raw.float()
+        raw = main_output(raw).float()
         batch = raw.shape[0]
-        res = self.assigner.assign(targets, priors, batch, raw.detach())
+        res = self.assigner.assign(targets, priors, batch)
         boxes = self.coder.decode_boxes(raw, priors)  # [B, P, 4]
         fg = res.fg_mask
         norm = max(res.num_fg, 1)

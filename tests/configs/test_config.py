@@ -14,7 +14,7 @@ def test_load_by_name_and_path_give_the_same_config():
     a = load_config("bccd_yolo_r18")
     b = load_config("configs/bccd_yolo_r18.py")
     assert a.to_dict() == b.to_dict()
-    assert a.model.channel_sparsity == 0.75 and a.assign.method == "nearby_grid" and a.data.img_size == 416
+    assert a.model.channel_sparsity == 0.75 and a.assign.method == "auto" and a.data.img_size == 416
 
 
 def test_voc_recipe():
@@ -90,3 +90,29 @@ def test_parse_override_literals():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a.b=word") == ("a.b", "word")
     assert parse_override("a.b='x=y'") == ("a.b", "x=y")
+
+
+def test_from_dict_of_an_older_version_skips_removed_keys_with_a_warning():
+    from loguru import logger
+    d = load_config("bccd_yolo_r18").to_dict()
+    d["aug"]["retired_knob"] = 0.3
+    with pytest.raises(ConfigError, match="aug.retired_knob"):
+        BaseConfig.from_dict(d)
+    seen = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="WARNING")
+    try:
+        back = BaseConfig.from_dict(d, strict=False)
+    finally:
+        logger.remove(sink)
+    assert back.data.img_size == 416 and any("aug.retired_knob" in m for m in seen)
+
+
+@pytest.mark.parametrize("size", ["t", "s", "m", "c", "e"])
+def test_coco_v9_recipes_carry_the_original_defaults(size):
+    c = load_config(f"coco_v9{size}").validate()
+    assert c.name == f"coco_v9{size}" and c.model.name == f"v9-{size}" and c.data.format == "coco"
+    assert (c.assign.topk, c.assign.alpha, c.assign.beta) == (10, 0.5, 6.0)
+    assert (c.loss.box_weight, c.loss.cls_weight, c.loss.dfl_weight, c.loss.aux_weight) == (7.5, 0.5, 1.5, 0.25)
+    assert (c.optim.name, c.optim.momentum, c.optim.nominal_batch, c.sched.name) == ("sgd", 0.937, 64, "linear")
+    assert (c.aug.mosaic_prob, c.aug.mixup_prob, c.aug.close_mosaic_epochs, c.aug.scale) == (1.0, 0.15, 15, (0.1, 1.9))
+    assert (c.train.epochs, c.data.img_size, len(c.data.class_names)) == (500, 640, 80)

@@ -7,14 +7,21 @@ from torch.utils.data import DistributedSampler
 from datasets import DetectionDataset, build_dataloader, build_records, collate_fn
 from datasets.image_io import ImageError
 from datasets.transforms import boxes_to_letterbox
-from tests.datasets.synth import add_item, append_to_set, image_with_rect, make_cfg, make_voc
+from tests.datasets.synth import (
+    add_item,
+    append_to_set,
+    image_with_rect,
+    make_cfg,
+    make_voc,
+)
 
 
 @pytest.fixture
 def voc(tmp_path):
     root = make_voc(tmp_path, n_train=6, n_val=2)
     # one image with an ignore region (difficult object), for the cls = -1 rows
-    add_item(root, "diff", image_with_rect(box=(10, 10, 40, 40)), [("dog", 11, 11, 40, 40), ("cat", 51, 5, 70, 20, 1)])
+    add_item(root, "diff", image_with_rect(box=(10, 10, 40, 40)),
+             [("dog", 11, 11, 40, 40), ("cat", 51, 5, 70, 20, 1)])
     append_to_set(root, "train", "diff")
     append_to_set(root, "val", "diff")
     return make_cfg(root)
@@ -40,7 +47,7 @@ def test_train_items_in_bounds_and_reproducible(voc):
     voc.aug.mosaic_prob = 0.5
     ds = DetectionDataset(records, voc.data.class_names, 64, voc.aug, train=True, seed=3)
     for i in range(len(ds)):
-        img, target, meta = ds[i]
+        img, target, _meta = ds[i]
         assert img.shape == (3, 64, 64) and target.shape[1] == 5
         assert (target[:, 1:] >= 0).all() and (target[:, 1:] <= 64).all()
         assert set(target[:, 0].tolist()) <= {-1.0, 0.0, 1.0}
@@ -94,7 +101,8 @@ def test_build_dataloader_samplers_and_drop_last(voc):
     assert not loader.drop_last and len(loader) == 2
     loader, sampler = build_dataloader(ds, batch_size=8, train=True, num_workers=0)
     assert not loader.drop_last  # dataset smaller than one batch: keep it
-    loader, sampler = build_dataloader(ds, batch_size=1, train=False, num_workers=0, rank=1, world_size=2, seed=5)
+    loader, sampler = build_dataloader(ds, batch_size=1, train=False, num_workers=0, rank=1, world_size=2,
+                                       seed=5)
     assert isinstance(sampler, DistributedSampler) and not sampler.shuffle and sampler.seed == 5
     assert list(sampler) == [1, 0]  # padded to equal length per rank (evaluator de-duplicates)
 
@@ -104,7 +112,7 @@ def test_train_decode_failure_is_replaced_eval_raises(voc, caplog_loguru):
     open(records[0].file, "wb").close()  # the file breaks after the scan
     voc.aug.mosaic_prob = 0.0
     ds = DetectionDataset(records, voc.data.class_names, 64, voc.aug, train=True)
-    img, target, meta = ds[0]
+    img, _target, meta = ds[0]
     assert img.shape == (3, 64, 64) and meta["file"] != records[0].file
     assert any(records[0].file in m and "replaced" in m for m in caplog_loguru)
     with pytest.raises(ImageError, match=r"zero-byte.*dataset index 0"):

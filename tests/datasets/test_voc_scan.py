@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs.bccd_yolo_r18 import BccdYoloR18
 from datasets import DATASETS, build_records, discover_class_names
 from datasets.scan import DatasetError
 from datasets.voc import REPO_ROOT
-from tests.datasets.synth import (add_item, append_to_set, image_with_rect, make_cfg, make_voc,
-                                  voc_objects_for, write_set)
-from configs.bccd_yolo_r18 import BccdYoloR18
+from tests.datasets.synth import (
+    add_item,
+    append_to_set,
+    image_with_rect,
+    make_cfg,
+    make_voc,
+    voc_objects_for,
+    write_set,
+)
 
 BCCD = REPO_ROOT / "data" / "BCCD"
 
@@ -155,7 +162,7 @@ def test_no_labels_found(tmp_path):
 
 def test_billion_laughs_fails_fast(tmp_path):
     root = make_voc(tmp_path)
-    lol = "".join(f'<!ENTITY lol{i} "{"&lol%d;" % (i - 1) * 10}">' for i in range(1, 10))
+    lol = "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10))
     xml = (f'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol0 "lol">{lol}]>'
            "<annotation><object><name>&lol9;</name></object></annotation>")
     (root / "Annotations" / "tr1.xml").write_text(xml)

@@ -1,13 +1,15 @@
 """Optimizer groups, lr scaling, builders, and the warm-up + cosine schedule."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from configs.base_config import OptimCfg, SchedCfg
 from utils.optim import build_optimizer, param_groups, scale_lr
-from utils.scheduler import WarmupCosineLR, build_scheduler, lr_factor
+from utils.scheduler import IterScheduler, Schedule, build_scheduler
 
 
 def _model() -> nn.Module:
@@ -60,14 +62,17 @@ def test_build_optimizer_unknown():
 
 
 def test_lr_factor_points():
-    args = dict(total_steps=110, warmup_steps=10, warmup_start_factor=0.01, min_lr_ratio=0.05)
-    assert lr_factor(0, **args) == pytest.approx(0.01)
-    assert lr_factor(5, **args) == pytest.approx(0.01 + 0.99 * 0.5)
-    assert lr_factor(10, **args) == pytest.approx(1.0)
-    assert lr_factor(60, **args) == pytest.approx(0.05 + 0.95 * 0.5)  # cosine midpoint
-    assert lr_factor(110, **args) == pytest.approx(0.05)
-    assert lr_factor(500, **args) == pytest.approx(0.05)
-    assert lr_factor(0, 100, 0, 0.01, 0.05) == pytest.approx(1.0)  # no warm-up
+    s = Schedule(total_steps=110, warmup_steps=10, warmup_start_factor=0.01, min_lr_ratio=0.05)
+
+    def cosine(step):
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / 110))
+    assert s.lr_factor(0) == pytest.approx(0.01)
+    assert s.lr_factor(5) == pytest.approx(0.01 + (cosine(5) - 0.01) * 0.5)  # warm-up blends into the curve
+    assert s.lr_factor(10) == pytest.approx(cosine(10))
+    assert s.lr_factor(55) == pytest.approx(0.05 + 0.95 * 0.5)  # cosine midpoint
+    assert s.lr_factor(110) == pytest.approx(0.05)
+    assert s.lr_factor(500) == pytest.approx(0.05)
+    assert Schedule(total_steps=100).lr_factor(0) == pytest.approx(1.0)  # no warm-up
 
 
 def _opt() -> torch.optim.Optimizer:
@@ -76,8 +81,9 @@ def _opt() -> torch.optim.Optimizer:
 
 
 def test_scheduler_initial_and_resume():
+    shape = Schedule(total_steps=20, warmup_steps=4, warmup_start_factor=0.1, min_lr_ratio=0.05)
     full_opt = _opt()
-    full = WarmupCosineLR(full_opt, total_steps=20, warmup_steps=4, warmup_start_factor=0.1, min_lr_ratio=0.05)
+    full = IterScheduler(full_opt, shape)
     assert full.get_last_lr() == [pytest.approx(0.01)] * 3  # step-0 lr right after construction
     assert [g["initial_lr"] for g in full_opt.param_groups] == [0.1] * 3
     lrs_full = []
@@ -86,7 +92,7 @@ def test_scheduler_initial_and_resume():
         lrs_full.append(full.get_last_lr())
 
     first_opt = _opt()
-    first = WarmupCosineLR(first_opt, 20, 4, 0.1, 0.05)
+    first = IterScheduler(first_opt, shape)
     lrs_resumed = []
     for _ in range(5):
         first.step()
@@ -95,7 +101,7 @@ def test_scheduler_initial_and_resume():
     assert saved_sched["last_step"] == 5 and all(type(v) in (int, float) for v in saved_sched.values())
 
     second_opt = _opt()
-    second = WarmupCosineLR(second_opt, 20, 4, 0.1, 0.05)
+    second = IterScheduler(second_opt, shape)
     second_opt.load_state_dict(saved_opt)
     second.load_state_dict(saved_sched)
     assert second.get_last_lr() == lrs_resumed[-1]
@@ -109,13 +115,14 @@ def test_build_scheduler():
     opt = _opt()
     sched = build_scheduler(SchedCfg(warmup_epochs=0.5, warmup_start_factor=0.2, min_lr_ratio=0.1), opt,
                             iters_per_epoch=10, epochs=3)
-    assert (sched.total_steps, sched.warmup_steps) == (30, 5)
+    assert (sched.schedule.total_steps, sched.schedule.warmup_steps) == (30, 5)
     assert sched.get_last_lr()[0] == pytest.approx(0.02)
     for _ in range(5):
         sched.step()
-    assert sched.get_last_lr()[0] == pytest.approx(0.1)  # end of warm-up: the base lr
+    # end of warm-up: on the cosine curve of the whole run
+    assert sched.get_last_lr()[0] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 6))))
     for _ in range(25):
         sched.step()
     assert sched.get_last_lr()[0] == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="sched.name='step'"):
-        build_scheduler(SchedCfg(name="step"), opt, 10, 3)
+    with pytest.raises(ValueError, match="sched.name='exponential'"):
+        build_scheduler(SchedCfg(name="exponential"), opt, 10, 3)

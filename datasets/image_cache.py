@@ -1,0 +1,263 @@
+"""Decoded-image cache in one LMDB file, shared by all DataLoader workers.
+
+``data.cache_images``:
+
+- ``"disk"``: the LMDB file is memory-mapped by each process on first use; the OS page cache
+  shares the pages between workers.
+- ``"ram"``: every value is copied once into one shared-memory buffer before the workers
+  start; workers read it without copies or system calls.
+
+Both modes use the same file, so a cache built for one is reused by the other. Values are raw
+``[h, w, 3]`` uint8 RGB pixels (decoding is the cost being saved), optionally resized so the
+long side is ``img_size`` (``data.cache_resize``; the exact resize the dataset would do, no
+padding) and optionally AES-GCM encrypted (``data.encrypt_cache``; each value bound to its
+slot). The cache is rebuilt, in parallel with a progress bar, when ``data.cache_refresh`` is
+set or when the images, their sizes or mtimes, the resize or the encryption differ from the
+ones it was built with; the log says why.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from datasets.crypto import Cipher, CryptoError
+from datasets.image_io import ImageError
+from datasets.label_cache import (
+    cipher_for,
+    file_stats,
+    locked,
+    refresh_wanted,
+    settings_change,
+    stats_change,
+)
+from datasets.records import Record
+from datasets.scan import DatasetError
+from datasets.transforms import resize_long_side
+
+IMAGE_CACHE_VERSION = 1
+CACHE_MODES = ("none", "ram", "disk")
+_META = b"__meta__"
+_CHECK = b"image cache key check"
+_CHUNK = 64  # images decoded per write transaction
+_RAM_FRACTION = 0.8  # ram mode only when the cache fits in this fraction of the available memory
+
+
+def _key(index: int) -> bytes:
+    return b"%09d" % index
+
+
+# LMDB allows one environment per file and process, and one must not cross a fork. So every
+# process keeps one read-only environment per cache file here, closed before any fork (the
+# parent and the forked DataLoader workers each reopen lazily).
+_ENVS: dict[str, tuple[int, int, lmdb.Environment]] = {}  # path -> (pid, inode, environment)
+
+
+def _env_for(path: Path) -> tuple[lmdb.Environment, int]:
+    """This process's read-only environment of ``path`` and the inode it reads."""
+    key, ino, pid = str(path), os.stat(path).st_ino, os.getpid()
+    got = _ENVS.get(key)
+    if got is not None and got[0] == pid and got[1] == ino:
+        return got[2], ino
+    if got is not None and got[0] == pid:
+        got[2].close()  # the file was rebuilt: the old environment reads a deleted file
+    env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, meminit=False)
+    _ENVS[key] = (pid, ino, env)
+    return env, ino
+
+
+def _close_envs_before_fork() -> None:
+    for pid, _, env in _ENVS.values():
+        if pid == os.getpid():
+            env.close()
+    _ENVS.clear()
+
+
+os.register_at_fork(before=_close_envs_before_fork)
+
+
+def stored_hw(img_hw: tuple[int, int], resize: int) -> tuple[int, int]:
+    """(h, w) of an image of ``img_hw`` in a cache resized to ``resize`` (0 = not resized)."""
+    if not resize:
+        return tuple(img_hw)
+    h, w = img_hw
+    scale = resize / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _read(path: Path, key: bytes, ino: int | None = None) -> bytes | None:
+    env, got = _env_for(path)
+    if ino is not None and got != ino:
+        raise DatasetError(f"image cache {path} was rebuilt while this loader used it; build the loader "
+                           "again")
+    with env.begin(buffers=False) as txn:
+        return txn.get(key)
+
+
+class ImageCache:
+    """Read access to a built cache: ``get(index)`` -> [h, w, 3] uint8 (read-only) or None."""
+
+    def __init__(self, path: Path, mode: str, cipher: Cipher | None) -> None:
+        self.path, self.mode, self.cipher = path, mode, cipher
+        self.ino = os.stat(path).st_ino
+        meta = json.loads(_read(path, _META, self.ino))
+        self.shapes = [tuple(s) for s in meta["shapes"]]
+        self.resize = int(meta["resize"])
+        self._blob: torch.Tensor | None = None
+        self._offsets: np.ndarray | None = None
+        if mode == "ram":
+            self._load_ram()
+
+    def _load_ram(self) -> None:
+        """Copy every value into one shared-memory buffer (visible to forked and spawned workers)."""
+        values = [_read(self.path, _key(i), self.ino) or b"" for i in range(len(self.shapes))]
+        offsets = np.zeros(len(values) + 1, np.int64)
+        np.cumsum([len(v) for v in values], out=offsets[1:])
+        blob = torch.empty(int(offsets[-1]), dtype=torch.uint8)
+        try:
+            blob.share_memory_()
+        except (RuntimeError, OSError) as e:  # e.g. a small /dev/shm in a container
+            logger.warning(f"image cache: shared memory unavailable ({e}); workers share the RAM copy "
+                           "only while they do not write to it (fork)")
+        view = blob.numpy()
+        for i, v in enumerate(values):
+            view[offsets[i]:offsets[i + 1]] = np.frombuffer(v, np.uint8)
+        self._blob, self._offsets = blob, offsets
+
+    def get(self, index: int) -> np.ndarray | None:
+        """The cached image of record ``index``, or None when it could not be cached."""
+        if self._blob is not None:
+            a, b = int(self._offsets[index]), int(self._offsets[index + 1])
+            raw = self._blob.numpy()[a:b] if b > a else None
+        else:
+            raw = _read(self.path, _key(index), self.ino)
+        if raw is None:
+            return None
+        if self.cipher is not None:
+            raw = self.cipher.decrypt(bytes(raw), f"image cache {self.path} entry {index}", _key(index))
+        h, w = self.shapes[index]
+        img = (np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else raw).reshape(h, w, 3)
+        img.flags.writeable = False  # a view of the shared cache: never modified in place
+        return img
+
+
+# -- validity -----------------------------------------------------------------------------
+def _expected(records: list[Record], resize: int, cipher: Cipher | None) -> dict:
+    stats = file_stats([Path(r.file) for r in records])
+    return {"settings": {"version": IMAGE_CACHE_VERSION, "resize": resize, "encrypted": cipher is not None},
+            "files": [[r.file, *stats[r.file], *r.img_hw] for r in records]}
+
+
+def _why_invalid(path: Path, expected: dict, cipher: Cipher | None) -> str | None:
+    if not path.is_file():
+        return "no cache yet"
+    try:
+        raw = _read(path, _META)
+        meta = json.loads(raw) if raw is not None else None
+    except (lmdb.Error, ValueError) as e:
+        return f"unreadable cache ({e})"
+    if meta is None:
+        return "unreadable cache (no metadata)"
+    reason = settings_change(meta["settings"], expected["settings"])
+    if reason:
+        return reason
+    old, new = meta["files"], expected["files"]
+    if [f[0] for f in old] != [f[0] for f in new]:
+        return f"image list changed ({len(old)} -> {len(new)} images)"
+    reason = stats_change({f[0]: f[1:] for f in old}, {f[0]: f[1:] for f in new})
+    if reason:
+        return reason
+    if cipher is not None:
+        try:
+            cipher.decrypt(bytes.fromhex(meta["check"]), f"image cache {path}", _CHECK)
+        except CryptoError as e:
+            raise DatasetError(f"{e}; set data.cache_refresh=True to rebuild it") from None
+    return None
+
+
+# -- building -----------------------------------------------------------------------------
+def _build(path: Path, records: list[Record], loader: Any, resize: int, cipher: Cipher | None,
+           expected: dict) -> None:
+    """Decode every image in a thread pool and write the LMDB file atomically."""
+    shapes = [stored_hw(r.img_hw, resize) for r in records]
+    raw_bytes = sum(h * w * 3 for h, w in shapes)
+    map_size = int(raw_bytes * 1.1) + 200 * len(records) + (64 << 20)
+
+    def encode(i: int) -> bytes | ImageError:
+        rec = records[i]
+        try:
+            img = loader.load(rec.file)
+        except ImageError as e:
+            return e
+        if img.shape[:2] != tuple(rec.img_hw):
+            return ImageError(f"{rec.file}: size {img.shape[:2]} differs from the scanned "
+                              f"{tuple(rec.img_hw)}")
+        data = np.ascontiguousarray(resize_long_side(img, resize) if resize else img).tobytes()
+        return cipher.encrypt(data, _key(i)) if cipher is not None else data
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    failed: list[str] = []
+    try:
+        env = lmdb.open(str(tmp), subdir=False, map_size=map_size, lock=False, sync=False,
+                        metasync=False, meminit=False)
+        with env, ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+                tqdm(total=len(records), desc=f"caching {len(records)} images", unit="img") as bar:
+            for start in range(0, len(records), _CHUNK):
+                idx = range(start, min(start + _CHUNK, len(records)))
+                with env.begin(write=True) as txn:
+                    for i, value in zip(idx, pool.map(encode, idx)):
+                        if isinstance(value, ImageError):
+                            failed.append(str(value))
+                        else:
+                            txn.put(_key(i), value)
+                bar.update(len(idx))
+            meta = {**expected, "shapes": shapes, "resize": resize,
+                    "check": cipher.encrypt(_CHECK, _CHECK).hex() if cipher is not None else ""}
+            with env.begin(write=True) as txn:
+                txn.put(_META, json.dumps(meta).encode())
+            env.sync(True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if failed:
+        logger.warning(f"{len(failed)} images could not be cached and are read from their files "
+                       f"(e.g. {failed[0]})")
+
+
+def open_image_cache(cfg: Any, records: list[Record], directory: Path, loader: Any,
+                     tag: str = "") -> ImageCache | None:
+    """The image cache of ``records`` in ``directory`` (built or rebuilt when needed), or None
+    when ``data.cache_images`` is "none" or the directory is not writable."""
+    mode = cfg.data.cache_images
+    if mode == "none" or not records:
+        return None
+    resize = cfg.data.img_size if cfg.data.cache_resize else 0
+    cipher = cipher_for(cfg)
+    path = directory / f"images_{f's{resize}' if resize else 'full'}{tag}.lmdb"
+    expected = _expected(records, resize, cipher)
+    with locked(directory) as writable:
+        if not writable:
+            return None
+        refresh = refresh_wanted(cfg, path)
+        reason = "data.cache_refresh=True" if refresh else _why_invalid(path, expected, cipher)
+        if reason is None:
+            logger.info(f"image cache {path}: valid, reused ({mode} mode)")
+        else:
+            logger.info(f"building image cache {path} ({reason})")
+            _build(path, records, loader, resize, cipher, expected)
+    if mode == "ram":
+        need = sum(h * w * 3 for h, w in (stored_hw(r.img_hw, resize) for r in records))
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if need > _RAM_FRACTION * avail:
+            logger.warning(f"image cache needs {need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB of memory "
+                           "is available: using disk mode (memory-mapped) instead of ram")
+            mode = "disk"
+    return ImageCache(path, mode, cipher)

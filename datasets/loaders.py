@@ -1,0 +1,137 @@
+"""Pluggable image loaders, chosen by import path in ``data.image_loader``.
+
+A loader class is built as ``cls(data_cfg)`` and offers
+
+- ``load(path) -> [H, W, 3] uint8 RGB`` in the upright (EXIF-applied) frame, and
+- ``hw(path) -> (h, w)``: a full decode check used once per image by the dataset scan,
+
+both raising ``ImageError`` naming the file. Every loader follows the decoding policy of
+``datasets.image_io`` (modes, 16-bit, alpha, EXIF), so changing the loader never moves a box.
+
+Built in: ``PilLoader`` (default), ``TurboJpegLoader`` (libjpeg-turbo through PyTurboJPEG, for
+JPEG files; other files go through PIL) and ``EncryptedLoader`` (``.enc`` files, AES-GCM with
+the key of ``data.key_env``; plain files are read as usual).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from configs.base_config import ConfigError
+from datasets.crypto import Cipher, CryptoError
+from datasets.image_io import ImageError, image_hw, load_image
+from datasets.paths import ENC_SUFFIX
+
+DEFAULT_LOADER = "datasets.loaders.PilLoader"
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_ORIENTATION_TAG = 0x0112
+
+
+class ImageLoader(Protocol):
+    def load(self, path: str | os.PathLike) -> np.ndarray: ...
+
+    def hw(self, path: str | os.PathLike) -> tuple[int, int]: ...
+
+
+class PilLoader:
+    """PIL decoding with the policy of ``datasets.image_io``."""
+
+    def __init__(self, data_cfg: Any = None) -> None:
+        del data_cfg  # nothing to configure
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        return load_image(path)
+
+    def hw(self, path: str | os.PathLike) -> tuple[int, int]:
+        return image_hw(path)
+
+
+def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to a decoded [H, W, 3] array, as a viewer would."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(img)) if op else img
+
+
+class TurboJpegLoader:
+    """libjpeg-turbo decoding of JPEG files (PyTurboJPEG); PIL for every other file or mode."""
+
+    def __init__(self, data_cfg: Any = None) -> None:
+        del data_cfg
+        try:
+            from turbojpeg import TJPF_RGB, TurboJPEG
+            self._jpeg, self._rgb = TurboJPEG(), TJPF_RGB
+        except (ImportError, RuntimeError, OSError) as e:
+            raise ConfigError(f"data.image_loader=datasets.loaders.TurboJpegLoader needs the PyTurboJPEG "
+                              f"package and the libturbojpeg library ({e}); pip install PyTurboJPEG, or "
+                              f"use {DEFAULT_LOADER}") from None
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        p = Path(path)
+        if p.suffix.lower() not in _JPEG_SUFFIXES:
+            return load_image(p)
+        try:
+            data = p.read_bytes()
+            img = self._jpeg.decode(data, pixel_format=self._rgb)
+        except (OSError, ValueError, RuntimeError):
+            return load_image(p)  # CMYK, truncated, unreadable ...: PIL decides and names the problem
+        with Image.open(p) as header:  # reads the header only: the EXIF orientation
+            orientation = int(header.getexif().get(_ORIENTATION_TAG, 1))
+        return _upright(np.ascontiguousarray(img), orientation)
+
+    def hw(self, path: str | os.PathLike) -> tuple[int, int]:
+        return image_hw(path)
+
+
+class EncryptedLoader:
+    """``<name>.enc`` files hold an image encrypted by ``datasets.crypto``; others are read as is."""
+
+    def __init__(self, data_cfg: Any) -> None:
+        try:
+            self.cipher = Cipher.from_env(data_cfg.key_env)
+        except CryptoError as e:
+            raise ConfigError(f"data.image_loader=datasets.loaders.EncryptedLoader: {e}") from None
+
+    def _plain(self, path: str | os.PathLike) -> bytes | None:
+        p = Path(path)
+        if not p.name.lower().endswith(ENC_SUFFIX):
+            return None
+        try:
+            blob = p.read_bytes()
+        except OSError as e:
+            raise ImageError(f"{p}: cannot read image file ({e.strerror or e})") from e
+        try:
+            return self.cipher.decrypt(blob, "the image")
+        except CryptoError as e:
+            raise ImageError(f"{p}: {e}") from None
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        return load_image(path, self._plain(path))
+
+    def hw(self, path: str | os.PathLike) -> tuple[int, int]:
+        return image_hw(path, self._plain(path))
+
+
+def build_loader(data_cfg: Any) -> ImageLoader:
+    """Instantiate ``data_cfg.image_loader`` ("package.module.Class" or "package.module:Class")."""
+    spec = data_cfg.image_loader or DEFAULT_LOADER
+    module_name, sep, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"data.image_loader={spec!r} must be an import path like {DEFAULT_LOADER!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"data.image_loader={spec!r} cannot be imported ({e}); built in: "
+                          f"{DEFAULT_LOADER}, datasets.loaders.TurboJpegLoader, "
+                          "datasets.loaders.EncryptedLoader") from None
+    loader = cls(data_cfg)
+    if not callable(getattr(loader, "load", None)) or not callable(getattr(loader, "hw", None)):
+        raise ConfigError(f"data.image_loader={spec!r} must offer load(path) and hw(path)")
+    return loader

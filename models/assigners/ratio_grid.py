@@ -1,0 +1,49 @@
+"""ratio_grid: the YOLOv5 / YOLOv7 assignment (the YOLOv7 lead head, without the OTA refinement).
+
+On every level, a GT matches an anchor when their shapes are close, max(w_gt / w_a, w_a / w_gt,
+h_gt / h_a, h_a / h_gt) < anchor_t; IoU plays no part in matching. The matched anchor is used
+at the cell holding the GT centre and at the two neighbouring cells nearest to the centre: the
+left or right cell when the centre lies in the left or right half of its cell, and the upper or
+lower cell likewise. The v7 decode (centre offset in (-0.5, 1.5) cells, size up to 4x the anchor)
+reaches the GT from all three cells, which is why anchor_t = 4 pairs with it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.assigners.base import GridIoUAssigner
+from models.assigners.single_grid import centre_cells
+from models.priors import Priors
+
+
+class RatioGridAssigner(GridIoUAssigner):
+    """Shape-ratio matching on the centre cell and its two nearest neighbours.
+
+    A slot claimed by several GTs keeps the GT of highest IoU with the slot's anchor box (placed
+    at its cell centre); the target score of a positive is that IoU.
+    """
+
+    coder_mode = "v7"
+
+    def __init__(self, anchor_t: float = 4.0) -> None:
+        if anchor_t <= 1.0:
+            raise ValueError(f"assign.anchor_t must be > 1 (a ratio bound), got {anchor_t}")
+        # Every candidate matches (IoU >= 0); a GT whose shape fits no anchor stays unassigned.
+        super().__init__(match_iou_thres=0.0, filter_by_max_iou=True, ensure_one_match=False)
+        self.anchor_t = anchor_t
+
+    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
+        wh = (gt_xyxy[:, 2:] - gt_xyxy[:, :2]).clamp(min=1e-6)
+        ratio = wh[:, None] / priors.anchor_wh[None]  # [G, P, 2]
+        shape_ok = torch.maximum(ratio, 1.0 / ratio).amax(-1) < self.anchor_t
+
+        centre = (gt_xyxy[:, None, :2] + gt_xyxy[:, None, 2:]) / 2 / priors.stride[None, :, None]
+        frac = centre - centre.floor()  # position inside the centre cell, per axis
+        toward = (frac > 0.5).float() - (frac < 0.5).float()  # -1 / +1: side of the nearer neighbour
+        offset = priors.grid_xy[None] - centre_cells(gt_xyxy, priors)  # [G, P, 2]
+        same = offset == 0
+        near = (offset == toward) & (toward != 0)
+        # Priors exist only on the map, so a neighbour off the map is never a candidate.
+        cell_ok = same.all(-1) | (near[..., 0] & same[..., 1]) | (same[..., 0] & near[..., 1])
+        return shape_ok & cell_ok

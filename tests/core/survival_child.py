@@ -1,0 +1,73 @@
+"""Runs main.py's main() in this process with fault-injection hooks, for tests/core/test_survival.py.
+
+    python tests/core/survival_child.py '<hooks json>' --config ... --task train ...
+
+Hooks (all optional):
+- "progress": file that gets one line per finished training step ("<step>"), so a test knows
+  how far the run is before it sends a signal;
+- "pause_after_step": after that step the run waits (up to 60 s) until a stop is requested, so
+  a test can signal or kill it at a known position;
+- "stall_last_write": the first rewrite of an existing last.pth writes half its bytes to the
+  tmp file, creates "<run dir>/stalled" and then sleeps (a test SIGKILLs it there);
+- "raise_rank" / "raise_step": that rank raises a RuntimeError at the start of that step;
+- "nan_rank" / "nan_step": that rank's loss is NaN at that step (the other ranks' stays finite).
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+
+from core import trainer as trainer_module
+from main import main
+
+HOOKS = json.loads(sys.argv[1])
+_train_step = trainer_module.Trainer.train_step
+_torch_save = torch.save
+
+
+def train_step(self, images, targets, flush=False):
+    if HOOKS.get("raise_rank") == self.dist.rank and self.step + 1 == HOOKS.get("raise_step"):
+        raise RuntimeError(f"injected failure on rank {self.dist.rank} at step {self.step + 1}")
+    if HOOKS.get("nan_rank") == self.dist.rank and not hasattr(self, "_real_criterion"):
+        self._real_criterion = self.criterion
+
+        def criterion(raw, targets_, priors):
+            loss, parts = self._real_criterion(raw, targets_, priors)
+            return (loss * float("nan") if self.step + 1 == HOOKS["nan_step"] else loss), parts
+        self.criterion = criterion
+    out = _train_step(self, images, targets, flush)
+    if HOOKS.get("progress"):
+        with open(HOOKS["progress"], "a") as f:
+            f.write(f"{self.step}\n")
+    if self.step == HOOKS.get("pause_after_step"):
+        t0 = time.time()
+        while self.stop_signal is None and time.time() - t0 < 60:
+            time.sleep(0.02)
+    return out
+
+
+def stalling_save(obj, f, *args, **kwargs):
+    name = Path(getattr(f, "name", ""))
+    if name.name.startswith("last.pth.tmp") and (name.parent / "last.pth").is_file():
+        buf = io.BytesIO()
+        _torch_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        (name.parent / "stalled").touch()
+        time.sleep(600)
+    return _torch_save(obj, f, *args, **kwargs)
+
+
+trainer_module.Trainer.train_step = train_step
+if HOOKS.get("stall_last_write"):
+    torch.save = stalling_save
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[2:]))

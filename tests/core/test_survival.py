@@ -1,0 +1,377 @@
+"""Survival of a training run (USERS.md 4b): stop signals, kills (also inside a checkpoint write), a
+full disk, bad checkpoints, non-finite losses and gradients, a crashing DDP rank, uneven DDP splits.
+
+The kill tests run a real training process (tests/core/survival_child.py runs main.py's main()
+with progress marks and pauses at a known step) and signal or kill it; the resumed run's final
+weights must equal an uninterrupted run's. Resumes run in this process with one torch thread,
+like the child, so the numbers match bit for bit. The subprocess runs of the module start
+together (fixture ``jobs``): they are mostly interpreter start-up, which then overlaps.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from loguru import logger
+from tiny_data import make_tiny_voc, tiny_overrides
+
+from configs import load_config
+from core.trainer import NonFiniteWeightsError, Trainer
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.dist import DistInfo
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).with_name("survival_child.py")
+CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False, "train.epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_tiny_voc(tmp_path_factory.mktemp("tiny_voc_survival"), n_train=12, n_val=2)  # 3 steps/epoch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as in the child processes: the same kernels give the same bits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def overrides(root, **extra):
+    return tiny_overrides(root, **{**FAST, **extra})
+
+
+def cfg_for(root, **extra):
+    return load_config("bccd_yolo_r18", overrides(root, **extra))
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    """last.pth of an uninterrupted run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reference")
+    Trainer(cfg_for(data_root), CPU, out).fit()
+    torch.set_num_threads(before)
+    return load_checkpoint(out / "last.pth")
+
+
+def assert_same_run(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]["model"]:
+        assert torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]), k
+    assert a["ema"]["updates"] == b["ema"]["updates"]
+    assert a["scheduler"] == b["scheduler"] and a["metrics"] == b["metrics"]
+
+
+def resume_to_end(root, run: Path) -> dict:
+    Trainer(cfg_for(root), CPU, run, resume=str(run / "last.pth")).fit()
+    return load_checkpoint(run / "last.pth")
+
+
+@dataclass
+class Job:
+    proc: subprocess.Popen
+    run: Path  # the run directory (--out)
+    progress: Path  # one line per finished step (rank 0)
+
+
+def start_job(root, run: Path, hooks: dict, ranks: int = 1, **extra) -> Job:
+    """main.py --task train in a child process (under torchrun for ranks > 1) with test hooks."""
+    run.mkdir(parents=True)
+    progress = run.parent / f"{run.name}_progress.txt"
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                     f"--master_port={free_port()}"]
+    args = launcher + [str(CHILD), json.dumps({"progress": str(progress), **hooks}), "--config",
+                       "bccd_yolo_r18", "--task", "train", "--out", str(run)] + overrides(root, **extra)
+    # Output to a file: a full pipe would block the child.
+    with open(run.parent / f"{run.name}_console.txt", "w") as out:
+        proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return Job(proc, run, progress)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jobs(data_root, tmp_path_factory):
+    base = tmp_path_factory.mktemp("jobs")
+    odd = make_tiny_voc(base / "odd_data", n_train=7, n_val=3)  # 7 images over 2 ranks: the sampler pads
+    started = {
+        "sigterm": start_job(data_root, base / "sigterm", {"pause_after_step": 4}),
+        "sigkill": start_job(data_root, base / "sigkill", {"pause_after_step": 5}),
+        "stall": start_job(data_root, base / "stall", {"stall_last_write": True}),
+        "ddp_crash": start_job(data_root, base / "ddp_crash", {"raise_rank": 1, "raise_step": 2}, ranks=2),
+        "ddp_odd": start_job(odd, base / "ddp_odd", {"nan_rank": 1, "nan_step": 2}, ranks=2,
+                             **{"train.freeze": ["backbone"], "train.freeze_epochs": 1}),
+    }
+    with open(base / "memory_console.txt", "w") as out:  # benchmarks/memory.py, shortened
+        memory = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "memory.py"), "train.epochs=8"],
+                                  cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
+                                  stderr=subprocess.DEVNULL)
+    started["memory"] = Job(memory, base / "memory", base / "memory_console.txt")
+    yield started
+    for job in started.values():  # only what a failed test left running
+        if job.proc.poll() is None:
+            job.proc.terminate()
+            try:
+                job.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+
+
+def console(job: Job) -> str:
+    path = job.run.parent / f"{job.run.name}_console.txt"
+    return path.read_text()[-3000:] if path.is_file() else ""
+
+
+def wait_until(condition, job: Job, what: str, timeout: float = 180.0) -> None:
+    t0 = time.time()
+    while not condition():
+        if job.proc.poll() is not None:
+            pytest.fail(f"the training process ended (code {job.proc.returncode}) before {what}:\n"
+                        f"{console(job)}")
+        if time.time() - t0 > timeout:
+            pytest.fail(f"timed out waiting for {what}:\n{console(job)}")
+        time.sleep(0.05)
+
+
+def steps_done(job: Job) -> int:
+    lines = job.progress.read_text().split() if job.progress.is_file() else []
+    return int(lines[-1]) if lines else 0
+
+
+# -- stop signals and kills ---------------------------------------------------------------
+def test_sigterm_mid_epoch_saves_last_and_resume_continues_exactly(jobs, data_root, reference):
+    job = jobs["sigterm"]
+    wait_until(lambda: steps_done(job) >= 4, job, "step 4")  # epoch 2, iteration 1 of 3
+    job.proc.send_signal(signal.SIGTERM)
+    assert job.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    log = (job.run / "train.log").read_text()
+    assert "SIGTERM received: finishing the current step" in log
+    assert "stopped on request at epoch 2, iteration 1/3 (step 4)" in log
+    ck = load_checkpoint(job.run / "last.pth")
+    assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 1, 4)
+    assert steps_done(job) == 4  # no step started after the signal
+    assert_same_run(reference, resume_to_end(data_root, job.run))
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_completed_save(data_root, reference, jobs):
+    job = jobs["sigkill"]
+    wait_until(lambda: steps_done(job) >= 5, job, "step 5")  # epoch 1 saved, mid epoch 2
+    job.proc.kill()
+    assert job.proc.wait(timeout=30) == -signal.SIGKILL
+    ck = load_checkpoint(job.run / "last.pth")
+    assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 0, 3)
+    assert_same_run(reference, resume_to_end(data_root, job.run))
+
+
+def test_sigkill_inside_a_checkpoint_write_keeps_the_old_file(data_root, reference, jobs):
+    job = jobs["stall"]
+    run = job.run
+    wait_until(lambda: (run / "stalled").is_file(), job, "the stalled write of last.pth")
+    before = (run / "last.pth").read_bytes()
+    job.proc.kill()
+    job.proc.wait(timeout=30)
+    assert (run / "last.pth").read_bytes() == before  # the half-written file never replaced it
+    stray = list(run.glob("last.pth.tmp-*"))
+    assert len(stray) == 1 and 0 < stray[0].stat().st_size
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        final = resume_to_end(data_root, run)
+    finally:
+        logger.remove(sink)
+    assert not list(run.glob("*.tmp-*"))
+    assert any(f"removed {stray[0]}: an unfinished checkpoint write" in m for m in messages)
+    assert_same_run(reference, final)
+
+
+def test_stop_request_mid_accumulation_waits_for_the_optimizer_step(data_root, tmp_path, monkeypatch):
+    """In process: accumulation to a nominal batch, stop requested inside an accumulation window;
+    the resumed epoch skips the trained samples without loading them."""
+    extra = {"optim.nominal_batch": 8, "sched.warmup_epochs": 0.0}  # 2 batches per optimizer step
+    straight = Trainer(cfg_for(data_root, **extra), CPU, tmp_path / "a")
+    straight.fit()
+    first = Trainer(cfg_for(data_root, **extra), CPU, tmp_path / "b")
+    real_step = first.train_step
+
+    def step_then_stop(images, targets, flush=False):
+        out = real_step(images, targets, flush)
+        if first.step == 4:  # epoch 2, iteration 1: the first half of an accumulation window
+            first.request_stop(signal.SIGINT)
+        return out
+    first.train_step = step_then_stop
+    first.fit()
+    assert first.interrupted and (first.epoch, first.epoch_iter, first.step) == (1, 2, 5)
+    assert first.last_opt_step == 5  # stopped once the window's optimizer step was taken
+
+    resumed = Trainer(cfg_for(data_root, **extra), CPU, tmp_path / "b",
+                      resume=str(tmp_path / "b" / "last.pth"))
+    train_set, loaded = resumed.train_loader.dataset, []
+    cls = type(train_set)
+    real_get = cls.__getitem__
+    monkeypatch.setattr(cls, "__getitem__",
+                        lambda ds, i: (ds is train_set and loaded.append(i)) or real_get(ds, i))
+    resumed.fit(stop_after_epoch=2)
+    monkeypatch.undo()
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0 + 1)).tolist()  # seed + epoch
+    assert loaded == order[8:]  # only epoch 2's last batch was loaded, never the 8 samples trained on
+    resumed.fit()
+    a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
+    assert_same_run(a, b)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert a["ema"]["updates"] == 4  # 2 epochs x (2 + 1 flushed at the epoch end) batches -> 2 steps each
+
+
+# -- disk and files ------------------------------------------------------------------------
+def test_disk_full_names_the_path_and_keeps_the_old_checkpoint(data_root, tmp_path, monkeypatch):
+    t = Trainer(cfg_for(data_root, **{"train.epochs": 2}), CPU, tmp_path)
+    t.fit(stop_after_epoch=1)
+    before = {name: (tmp_path / name).read_bytes() for name in ("best.pth", "last.pth")}
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", full_disk)
+    full = rf"could not write {tmp_path}/(best|last).pth: No space left on device"
+    with pytest.raises(CheckpointError, match=full):
+        t.fit()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert not list(tmp_path.glob("*.tmp-*"))
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+
+
+def test_truncated_or_foreign_checkpoints_name_the_file_and_the_problem(data_root, tmp_path):
+    t = Trainer(cfg_for(data_root, **{"train.epochs": 1}), CPU, tmp_path / "run")
+    t.fit()
+    last = tmp_path / "run" / "last.pth"
+    cut = tmp_path / "run" / "cut.pth"
+    cut.write_bytes(last.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=rf"{cut}: truncated or corrupt checkpoint file.*other "
+                                              rf"checkpoints of this run: .*best.pth"):
+        Trainer(cfg_for(data_root), CPU, tmp_path / "run", resume=str(cut))
+    foreign = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match=rf"{foreign}: missing key 'model'"):
+        Trainer(cfg_for(data_root), CPU, tmp_path / "x", resume=str(foreign))
+    with pytest.raises(CheckpointError, match=r"cannot resume with another model or class list \(model.name: "
+                                              r"'yolo' -> 'v9-t'\).*train.init_weights"):
+        Trainer(cfg_for(data_root, **{"model.name": "v9-t"}), CPU, tmp_path / "y", resume=str(last))
+
+
+def test_resume_extends_a_finished_run_and_lists_the_change(data_root, tmp_path):
+    Trainer(cfg_for(data_root, **{"train.epochs": 1}), CPU, tmp_path).fit()
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        t = Trainer(cfg_for(data_root, **{"train.epochs": 2}), CPU, tmp_path,
+                    resume=str(tmp_path / "last.pth"))
+        t.fit()
+    finally:
+        logger.remove(sink)
+    assert t.epoch == 2 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+    assert any("train.epochs: 1 -> 2" in m for m in messages)
+
+
+# -- non-finite values ---------------------------------------------------------------------
+def test_skipped_step_restores_batchnorm_statistics(data_root, tmp_path):
+    t = Trainer(cfg_for(data_root), CPU, tmp_path)
+    images, targets, _ = next(iter(t.train_loader))
+    t.model.train()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    real = t.criterion
+
+    def nan_loss(raw, tg, pr):
+        loss, parts = real(raw, tg, pr)
+        return loss * float("nan"), parts
+    t.criterion = nan_loss
+    assert t.train_step(images, targets) == {} and t.bad_steps == 1
+    after = t.model.state_dict()
+    for k, v in before.items():  # weights and running_mean / running_var / num_batches_tracked alike
+        assert torch.equal(v, after[k]), k
+    t.criterion = real
+    assert t.train_step(images, targets) and t.bad_steps == 0
+    key = "backbone.bn1.running_mean"
+    assert not torch.equal(before[key], t.model.state_dict()[key])
+
+
+def test_non_finite_gradient_is_skipped_and_weights_never_saved_non_finite(data_root, tmp_path):
+    t = Trainer(cfg_for(data_root, **{"train.epochs": 2}), CPU, tmp_path)
+    t.fit(stop_after_epoch=1)
+    saved = (tmp_path / "last.pth").read_bytes()
+    images, targets, _ = next(iter(t.train_loader))
+    real = t.criterion
+    w = t.model.head.parameters().__next__()
+
+    def inf_gradient(raw, tg, pr):  # finite value, infinite gradient: d sqrt(|x|) / dx at x = 0
+        loss, parts = real(raw, tg, pr)
+        return loss + (w.flatten()[0] - w.flatten()[0].detach()).abs().sqrt(), parts
+    t.criterion = inf_gradient
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.model.train()
+    assert t.train_step(images, targets, flush=True) == {} and t.bad_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    t.criterion = real
+    with torch.no_grad():
+        w.fill_(float("nan"))  # weights gone bad some other way: they must never be saved
+    with pytest.raises(NonFiniteWeightsError, match="became non-finite.*last.pth and best.pth keep"):
+        t.save(is_best=True)
+    assert (tmp_path / "last.pth").read_bytes() == saved
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "best.pth")["model"].values()
+               if v.is_floating_point())
+
+
+# -- DDP -----------------------------------------------------------------------------------
+def test_a_crashing_rank_ends_every_rank_with_its_traceback_in_the_log(jobs):
+    job = jobs["ddp_crash"]
+    log = job.run / "train_rank1.log"
+    failure = "rank 1 of 2: training failed: RuntimeError: injected failure on rank 1 at step 2"
+    wait_until(lambda: log.is_file() and failure in log.read_text(), job, "the failure of rank 1")
+    assert job.proc.wait(timeout=90) != 0  # torchrun and every rank ended, within the timeout
+    assert "Traceback" in log.read_text()
+    assert not list(job.run.glob("*.tmp-*"))
+    left = subprocess.run(["pgrep", "-f", str(job.run)], capture_output=True, text=True, check=False)
+    assert not left.stdout.split()  # no orphan rank
+
+
+def test_ddp_odd_split_rank_local_nan_and_thaw_never_hang(jobs):
+    job = jobs["ddp_odd"]
+    assert job.proc.wait(timeout=240) == 0, console(job)
+    log0, log1 = (job.run / "train.log").read_text(), (job.run / "train_rank1.log").read_text()
+    assert "non-finite loss nan at step 2" in log1  # rank 1's own loss
+    assert "non-finite loss on another rank at step 2" in log0  # rank 0 skipped the same step
+    assert "train.freeze thawed" in log0
+    ck = load_checkpoint(job.run / "last.pth")
+    assert ck["epoch"] == 2 and ck["step"] == 4 and len(ck["rng"]) == 2
+
+
+# -- memory --------------------------------------------------------------------------------
+def test_resident_memory_stays_flat_across_epochs(jobs):
+    """benchmarks/memory.py over 8 epochs (validation, plots and JSON every epoch, 2 workers)."""
+    job = jobs["memory"]
+    assert job.proc.wait(timeout=300) == 0, job.progress.read_text()[-3000:]
+    result = json.loads(job.progress.read_text().strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["epochs"] == 8
+    assert result["rss_growth"] < 0.05, job.progress.read_text()[-2000:]

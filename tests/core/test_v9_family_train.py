@@ -1,0 +1,91 @@
+"""The YOLOv9 family on the shared trainer: one config line switches family; training, resume,
+transfer to another class count, debug plots of task-aligned assignments."""
+from pathlib import Path
+
+import pytest
+import torch
+from loguru import logger
+from tiny_data import make_tiny_voc, tiny_overrides
+
+from configs import ConfigError, load_config
+from core.debugger import draw_assignments_for_config
+from core.trainer import Trainer
+from models import assign_method, build_model
+from models.coders import DistanceCoder
+from utils.checkpoint import load_checkpoint
+from utils.dist import DistInfo
+
+CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_tiny_voc(tmp_path_factory.mktemp("tiny_voc_v9"))
+
+
+def cfg_for(root, config="bccd_yolo_r18", **extra):
+    return load_config(config, tiny_overrides(root, **extra))
+
+
+def test_one_line_switches_family(data_root):
+    cfg = cfg_for(data_root, **{"model.name": "v9-t"})
+    assert assign_method(cfg) == "task_aligned"
+    model = build_model(cfg)
+    assert model.family == "dfl" and isinstance(model.coder, DistanceCoder)
+    cfg = cfg_for(data_root, **{"model.name": "v7"})
+    assert assign_method(cfg) == "ratio_grid" and build_model(cfg).coder.mode == "v7"
+    assert assign_method(cfg_for(data_root)) == "nearby_grid"
+
+
+def test_wrong_assigner_for_the_head_is_a_config_error(data_root):
+    with pytest.raises(ConfigError, match="assign.method='nearby_grid'.*anchor-based head"):
+        cfg_for(data_root, **{"model.name": "v9-t", "assign.method": "nearby_grid"}).validate()
+    with pytest.raises(ConfigError, match="task_aligned.*anchor-free"):
+        cfg_for(data_root, **{"assign.method": "task_aligned"}).validate()
+
+
+def test_v9t_trains_resumes_and_evaluates(data_root, tmp_path):
+    extra = {"train.epochs": 2}
+    straight = Trainer(cfg_for(data_root, "bccd_v9t", **extra), CPU, tmp_path / "a")
+    metrics = straight.fit()
+    assert 0.0 <= metrics["mAP"] <= 1.0
+    first = Trainer(cfg_for(data_root, "bccd_v9t", **extra), CPU, tmp_path / "b")
+    first.fit(stop_after_epoch=1)
+    resumed = Trainer(cfg_for(data_root, "bccd_v9t", **extra), CPU, tmp_path / "b",
+                      resume=str(tmp_path / "b" / "last.pth"))
+    resumed.fit()
+    a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
+    assert any(k.startswith("model.30.") for k in a["model"])  # the auxiliary head is trained and saved
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_loss_parts_include_the_aux_branch(data_root, tmp_path):
+    t = Trainer(cfg_for(data_root, "bccd_v9t", **{"train.epochs": 1}), CPU, tmp_path)
+    images, targets, _ = next(iter(t.train_loader))
+    parts = t.train_step(images, targets)
+    assert {"box", "cls", "dfl", "aux", "total"} <= set(parts)
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+
+
+def test_transfer_to_another_class_count_lists_the_class_layers(data_root, tmp_path):
+    Trainer(cfg_for(data_root, "bccd_v9t", **{"train.epochs": 1}), CPU, tmp_path / "src").fit()
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    try:
+        cfg = cfg_for(data_root, "bccd_v9t", **{"model.pretrained": str(tmp_path / "src" / "last.pth"),
+                                                "data.class_names": ["a", "b", "c", "d", "e"]})
+        model = build_model(cfg)
+    finally:
+        logger.remove(sink)
+    src = load_checkpoint(tmp_path / "src" / "last.pth")["ema"]["model"]
+    own = model.state_dict()
+    assert torch.equal(own["model.0.conv.weight"], src["model.0.conv.weight"])
+    warn = [m for m in messages if "skipped" in m]
+    assert len(warn) == 1 and "class_conv.2.weight" in warn[0]
+
+
+def test_debug_draws_task_aligned_assignments(data_root, tmp_path):
+    cfg = cfg_for(data_root, "bccd_v9t", **{"debug.num_batches": 1, "debug.batch_size": 2})
+    paths = draw_assignments_for_config(cfg, tmp_path)
+    assert len(paths) == 2 * 3 and all(Path(p).stat().st_size > 0 for p in paths)

@@ -1,0 +1,173 @@
+"""Task-aligned assigner on hand-made predictions: top-k, conflicts, candidates, padding, soft scores."""
+import pytest
+import torch
+
+from configs.base_config import AssignCfg, ConfigError
+from models.assigners import ASSIGNERS, build_assigner
+from models.assigners.task_aligned import TaskAlignedAssigner
+from models.priors import make_priors
+
+# One anchor-free level, stride 8, on a 64x64 input: 8x8 anchor points at 4, 12, ..., 60.
+NC = 3
+
+
+def priors():
+    return make_priors((64, 64), [8], None)
+
+
+def targets(*rows):
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)
+
+
+def slot(x, y):
+    """Prior index of the anchor point (x, y) in pixels."""
+    return int((y - 4) // 8 * 8 + (x - 4) // 8)
+
+
+def preds(batch=1, scores=0.5, boxes=None):
+    """Predicted boxes (default: an 8x8 box on every anchor point) and constant class scores."""
+    p = priors()
+    if boxes is None:
+        boxes = torch.cat((p.centers - 4, p.centers + 4), -1)[None].repeat(batch, 1, 1)
+    return boxes.clone(), torch.full((batch, len(p), NC), scores)
+
+
+def test_topk_keeps_the_k_best_aligned_candidates_with_normalised_scores():
+    p = priors()
+    t = targets([0, 1, 0, 0, 64, 64])  # every anchor point is a candidate
+    boxes = t[:, 2:6].expand(1, len(p), 4).clone()  # perfect boxes: CIoU 1 everywhere
+    scores = torch.zeros(1, len(p), NC)
+    scores[0, :, 1] = torch.linspace(0.01, 0.64, len(p))
+    res = TaskAlignedAssigner(topk=3).assign(t, p, 1, (boxes, scores))
+    top = [len(p) - 3, len(p) - 2, len(p) - 1]
+    assert torch.nonzero(res.fg_mask[0]).squeeze(1).tolist() == top
+    # t = s^0.5 * 1^6 and max_u = 1, so the soft score is sqrt(s / s_max)
+    expected = (scores[0, top, 1] / scores[0, -1, 1]).sqrt()
+    assert torch.allclose(res.target_scores[0, top], expected, atol=1e-6)
+    assert res.target_labels[0, top].tolist() == [1, 1, 1]
+    assert res.gt_index[0, top].tolist() == [0, 0, 0]
+    assert (res.target_boxes[0, top] == t[0, 2:6]).all()
+    bg = ~res.fg_mask[0]
+    assert (res.target_scores[0][bg] == 0).all() and (res.gt_index[0][bg] == -1).all()
+
+
+def test_conflict_goes_to_the_gt_the_prediction_overlaps_most():
+    t = targets([0, 0, 0, 0, 32, 32], [0, 2, 16, 16, 48, 48])  # both contain the points 20 and 28
+    boxes, scores = preds()
+    boxes[0, slot(20, 20)] = t[1, 2:6]  # predicts GT 1 exactly
+    boxes[0, slot(28, 28)] = t[0, 2:6]  # predicts GT 0 exactly
+    res = TaskAlignedAssigner(topk=64).assign(t, priors(), 1, (boxes, scores))
+    assert res.gt_index[0, slot(20, 20)] == 1 and res.target_labels[0, slot(20, 20)] == 2
+    assert res.gt_index[0, slot(28, 28)] == 0 and res.target_labels[0, slot(28, 28)] == 0
+    assert res.gt_index[0, slot(4, 4)] == 0 and res.gt_index[0, slot(44, 44)] == 1  # uncontested
+    # Reference quirk: the argmax runs over every GT of the image, even one not containing the point.
+    t3 = torch.cat((t, targets([0, 1, 48, 48, 64, 64])))
+    boxes[0, slot(20, 20)] = t3[2, 2:6]
+    res = TaskAlignedAssigner(topk=64).assign(t3, priors(), 1, (boxes, scores))
+    assert res.gt_index[0, slot(20, 20)] == 2
+
+
+def test_gt_without_candidate_point_gets_nothing():
+    t = targets([0, 0, 5, 5, 11, 11], [0, 1, 24, 24, 40, 40])  # GT 0 lies between anchor points
+    res = TaskAlignedAssigner().assign(t, priors(), 1, preds())
+    assert res.num_fg > 0
+    assert not (res.gt_index == 0).any()
+    assert (res.gt_index[res.fg_mask] == 1).all()
+
+
+def test_empty_batch_and_images_without_gts():
+    res = TaskAlignedAssigner().assign(torch.zeros(0, 6), priors(), 2, preds(2))
+    assert res.fg_mask.shape == (2, 64) and res.num_fg == 0
+    assert (res.gt_index == -1).all() and (res.target_labels == -1).all()
+    t = targets([1, 0, 8, 8, 40, 40])
+    res = TaskAlignedAssigner().assign(t, priors(), 3, preds(3))
+    assert not res.fg_mask[0].any() and not res.fg_mask[2].any()
+    assert res.fg_mask[1].any() and (res.gt_index[1][res.fg_mask[1]] == 0).all()
+
+
+def test_padding_gives_the_same_result_as_each_image_alone():
+    torch.manual_seed(0)
+    p = priors()
+    counts = [3, 0, 5, 1]
+    img = torch.cat([torch.full((n,), float(b)) for b, n in enumerate(counts)])
+    xy = torch.rand(len(img), 2) * 40
+    wh = torch.rand(len(img), 2) * 24 + 8
+    t = torch.cat((img[:, None], torch.randint(0, NC, (len(img), 1)).float(), xy, xy + wh), 1)
+    t = t[torch.randperm(len(t))]  # rows of one image need not be contiguous
+    size = torch.rand(4, len(p), 2) * 32 + 8
+    boxes = torch.cat((p.centers - size / 2, p.centers + size / 2), -1)
+    scores = torch.rand(4, len(p), NC)
+    full = TaskAlignedAssigner().assign(t, p, 4, (boxes, scores))
+    assert full.num_fg > 0
+    for b in range(4):
+        rows = torch.nonzero(t[:, 0] == b).squeeze(1)
+        if rows.numel() == 0:
+            assert not full.fg_mask[b].any() and (full.gt_index[b] == -1).all()
+            continue
+        one = t[rows].clone()
+        one[:, 0] = 0
+        single = TaskAlignedAssigner().assign(one, p, 1, (boxes[b:b + 1], scores[b:b + 1]))
+        assert torch.equal(full.fg_mask[b], single.fg_mask[0])
+        mapped = torch.where(single.gt_index[0] >= 0, rows[single.gt_index[0].clamp(min=0)], -1)
+        assert torch.equal(full.gt_index[b], mapped)
+        assert torch.equal(full.target_labels[b], single.target_labels[0])
+        assert torch.equal(full.target_boxes[b], single.target_boxes[0])
+        assert torch.allclose(full.target_scores[b], single.target_scores[0])
+
+
+def test_ignore_rows_are_never_assigned_and_change_nothing():
+    boxes, scores = preds()
+    t = targets([0, -1, 0, 0, 64, 64], [0, 1, 8, 8, 40, 40])
+    res = TaskAlignedAssigner().assign(t, priors(), 1, (boxes, scores))
+    ref = TaskAlignedAssigner().assign(t[1:], priors(), 1, (boxes, scores))
+    assert not (res.gt_index == 0).any()
+    assert torch.equal(res.fg_mask, ref.fg_mask)
+    assert torch.equal(res.gt_index[ref.fg_mask], ref.gt_index[ref.fg_mask] + 1)
+    assert torch.equal(res.target_scores, ref.target_scores)
+    assert TaskAlignedAssigner().assign(t[:1], priors(), 1, (boxes, scores)).num_fg == 0
+
+
+def test_soft_score_normalisation_worked_example():
+    # The GT covers the image, so every point is a candidate. A: perfect box (u = 1), score 1e-4
+    # -> t_A = 0.01. B: concentric 48x48 box (u = 48^2 / 64^2 = 0.5625, no CIoU penalty),
+    # score 1 -> t_B = 0.5625^6. Every other box is far away (u = 0, t = 0).
+    a, b = slot(4, 4), slot(12, 4)
+    boxes = torch.tensor([200.0, 200, 210, 210]).repeat(1, 64, 1)
+    boxes[0, a] = torch.tensor([0.0, 0, 64, 64])
+    boxes[0, b] = torch.tensor([8.0, 8, 56, 56])
+    scores = torch.ones(1, 64, NC)
+    scores[0, a, 0] = 1e-4
+    t = targets([0, 0, 0, 0, 64, 64])
+    res = TaskAlignedAssigner(topk=2).assign(t, priors(), 1, (boxes, scores))
+    t_a, t_b = 0.01, 0.5625 ** 6
+    max_t, max_u = t_b, 1.0  # the maxima come from different anchors
+    assert torch.nonzero(res.fg_mask[0]).squeeze(1).tolist() == [a, b]
+    assert res.target_scores[0, a].item() == pytest.approx(t_a * max_u / max_t, rel=1e-4)  # 0.3155
+    assert res.target_scores[0, b].item() == pytest.approx(t_b * max_u / max_t, rel=1e-4)  # 1.0
+    # Reference quirk: with k above the number of t > 0 candidates, candidates with t = 0 are
+    # positives too, with a soft score of 0.
+    res = TaskAlignedAssigner(topk=4).assign(t, priors(), 1, (boxes, scores))
+    extra = res.fg_mask[0].clone()
+    extra[[a, b]] = False
+    assert res.num_fg == 4 and (res.target_scores[0][extra] == 0).all()
+
+
+def test_requires_predictions_and_valid_classes():
+    t = targets([0, 0, 8, 8, 40, 40])
+    with pytest.raises(ValueError, match="needs preds"):
+        TaskAlignedAssigner().assign(t, priors(), 1)
+    with pytest.raises(ValueError, match="class 5 is out of range"):
+        TaskAlignedAssigner().assign(targets([0, 5, 8, 8, 40, 40]), priors(), 1, preds())
+    with pytest.raises(ValueError, match="built for 4"):
+        TaskAlignedAssigner(num_classes=4).assign(t, priors(), 1, preds())
+
+
+def test_registry_builds_each_method_with_its_own_config_fields():
+    cls = ASSIGNERS["task_aligned"]
+    assert cls.coder_mode == "distance" and cls.needs_predictions
+    a = build_assigner(AssignCfg(method="task_aligned", topk=5, alpha=1.0, beta=2.0))
+    assert (a.topk, a.alpha, a.beta) == (5, 1.0, 2.0)
+    assert build_assigner(AssignCfg(method="ratio_grid", anchor_t=3.0)).anchor_t == 3.0
+    assert build_assigner(AssignCfg(method="nearby_grid", match_iou_thres=0.3)).match_iou_thres == 0.3
+    with pytest.raises(ConfigError, match="assign.*topk must be >= 1"):
+        build_assigner(AssignCfg(method="task_aligned", topk=0))
