@@ -131,25 +131,20 @@ class ELAN(nn.Module):
         return self.conv4(torch.cat((a, b, c, d), 1))
 
 
-class RepNCSPELAN(nn.Module):
+class RepNCSPELAN(ELAN):
     """ORIG RepNCSPELAN4: ELAN whose two processing steps are RepNCSP(n) -> Conv3x3.
 
-    Children ``conv1``, ``conv2`` = (RepNCSP, Conv), ``conv3`` = (RepNCSP, Conv), ``conv4``.
+    Children ``conv1``, ``conv2`` = (RepNCSP, Conv), ``conv3`` = (RepNCSP, Conv), ``conv4``;
+    forward is ELAN's.
     """
 
     def __init__(self, ci: int, co: int, part: int, proc: int | None = None, n: int = 1) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # same skeleton as ELAN, other processing steps
         proc = part // 2 if proc is None else proc
         self.conv1 = Conv(ci, part, 1)
         self.conv2 = nn.Sequential(RepNCSP(part // 2, proc, n), Conv(proc, proc, 3))
         self.conv3 = nn.Sequential(RepNCSP(proc, proc, n), Conv(proc, proc, 3))
         self.conv4 = Conv(part + 2 * proc, co, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        a, b = self.conv1(x).chunk(2, 1)
-        c = self.conv2(b)
-        d = self.conv3(c)
-        return self.conv4(torch.cat((a, b, c, d), 1))
 
 
 class AConv(nn.Module):
