@@ -12,7 +12,6 @@ Every rank takes the same branch (two tiny all-reduces per step), so DDP never w
 """
 from __future__ import annotations
 
-import gc
 import io
 import math
 import time
@@ -51,6 +50,7 @@ from utils.logging import (
     epoch_summary,
     flatten_scalars,
     memory_scalars,
+    release_free_memory,
 )
 from utils.model_info import model_summary
 from utils.optim import (
@@ -209,9 +209,7 @@ class Trainer:
             if score is not None and not last and self.early_stopping.should_stop(self.epoch):
                 self.stop_reason = self.early_stopping.reason(self.epoch, cfg.train.monitor)
             saved = self.save(improved, score)
-            # Validation leaves reference cycles (matplotlib figures, COCO structures) that the
-            # generational GC frees late; collected each epoch they cannot fragment the heap.
-            gc.collect()
+            release_free_memory()  # cycles left by validation; freed heap back to the OS
             self.tb.add_scalars({f"epoch/{k}": v for k, v in losses.items()} | memory_scalars(self.device),
                                 self.epoch)
             map_now = self.last_metrics["mAP"] if evaluated else None
