@@ -222,10 +222,32 @@ class DebugCfg:
     mode: str = "assign"  # "assign": label-assignment plots; "samples": augmented training samples with boxes
 
 
+@dataclass
+class ExportCfg:
+    formats: list = field(default_factory=lambda: ["onnx"])  # any of onnx, saved_model, tflite_fp32, tflite_fp16, tflite_int8
+    opset: int = 17  # ONNX opset
+    dynamic: bool = True  # symbolic batch dimension (ONNX; TFLite files are exported at batch 1)
+    half: bool = False  # ONNX with FP16 weights and input
+    simplify: bool = False  # simplify the ONNX graph with onnxslim (or onnxsim), when installed
+    nms: bool = False  # ONNX with NMS in the graph (thresholds predict.conf_thres, nms_iou, max_det)
+    hardswish: bool = False  # replace SiLU by HardSwish before export (fully XNNPACK-delegated TFLite); changes outputs
+    calib_dir: str = ""  # INT8 calibration images (a folder); "" = the val images of the data config
+    calib_count: int = 100  # calibration images used (the first N, sorted by name)
+
+
+@dataclass
+class QatCfg:
+    epochs: int = 3  # fake-quantised fine-tuning epochs from --ckpt
+    lr: float = 1e-4  # learning rate of the fine-tuning (constant after a short warm-up)
+    freeze_bn_epoch: int = 1  # from this epoch on (0-based) BatchNorm statistics stay fixed
+    batch_size: int = 16  # global batch of the fine-tuning
+    export_int8: bool = True  # write an INT8 TFLite model of the result (needs requirements-export.txt)
+
+
 SECTIONS = {
     "data": DataCfg, "aug": AugCfg, "model": ModelCfg, "assign": AssignCfg, "loss": LossCfg,
     "optim": OptimCfg, "sched": SchedCfg, "train": TrainCfg, "eval": EvalCfg,
-    "predict": PredictCfg, "debug": DebugCfg,
+    "predict": PredictCfg, "debug": DebugCfg, "export": ExportCfg, "qat": QatCfg,
 }
 
 
@@ -250,7 +272,7 @@ class BaseConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], strict: bool = True) -> "BaseConfig":
+    def from_dict(cls, d: dict[str, Any], strict: bool = True) -> BaseConfig:
         """Rebuild a config from ``to_dict()`` output (e.g. from a checkpoint).
 
         strict=False (checkpoints written by an older version of the repo): keys that no
@@ -308,7 +330,7 @@ class BaseConfig:
     def num_classes(self) -> int:
         return len(self.data.class_names)
 
-    def validate(self) -> "BaseConfig":
+    def validate(self) -> BaseConfig:
         """Check cross-field rules; raise ConfigError naming the key."""
         from configs.validation import validate_config
         validate_config(self)
