@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-TASKS = ("train", "val", "predict", "debug", "benchmark")
+TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -15,7 +15,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="config file or name under configs/ (default: my_config)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--ckpt", default=None,
-                   help="checkpoint: resume (train) or weights (val/predict/debug/benchmark)")
+                   help="checkpoint: resume (train) or weights (val/predict/debug/benchmark/export/qat); "
+                        "val/predict/benchmark also take an exported .onnx or .tflite file")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>[N])")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=5 assign.method=all_grid")
     return p.parse_args(argv)

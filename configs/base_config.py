@@ -230,8 +230,8 @@ class ExportCfg:
     half: bool = False  # ONNX with FP16 weights and input
     simplify: bool = False  # simplify the ONNX graph with onnxslim (or onnxsim), when installed
     nms: bool = False  # ONNX with NMS in the graph (thresholds predict.conf_thres, nms_iou, max_det)
-    hardswish: bool = False  # replace SiLU by HardSwish before export (fully XNNPACK-delegated TFLite); changes outputs
-    calib_dir: str = ""  # INT8 calibration images (a folder); "" = the val images of the data config
+    hardswish: bool = False  # replace SiLU by HardSwish before export (cheaper on some NPUs/int8 kernels); changes outputs
+    calib_dir: str = ""  # INT8 calibration images (a folder); "" = the train images of the data config
     calib_count: int = 100  # calibration images used (the first N, sorted by name)
 
 

@@ -1,5 +1,8 @@
 """Speed benchmark of a detector: latency, throughput, memory, parameters, FLOPs, checkpoint size.
 
+The detector is a PyTorch model or an exported one (core.runtime: .onnx, .tflite; CPU only, its
+parameters counted from the file's weights, FLOPs not counted, "checkpoint" size = file size).
+
 What is timed is what a deployment runs on an already letterboxed input: forward, decode and
 ``postprocess`` at the predict.* thresholds (image decoding and letterboxing are not). Inputs
 are seeded uniform noise at data.img_size. Latency is per call at batch 1 after
@@ -10,7 +13,6 @@ held, an upper bound).
 """
 from __future__ import annotations
 
-import os
 import platform
 import sys
 import time
@@ -110,15 +112,25 @@ def run_benchmark(model: torch.nn.Module, cfg, run_device: torch.device, ckpt: s
     Writes benchmark.json into out_dir and prints a table. Returns {"model": {...}, "runs": [...]}.
     """
     from core.evaluator import check_eval_cfg
+    from core.runtime import is_runtime_model, model_device
     from utils.model_info import count_params, gflops
     check_eval_cfg(cfg)
-    home = next(model.parameters()).device
-    runs = [measure(model, cfg, d) for d in bench_devices(cfg.eval.bench_device, run_device)]
+    home = model_device(model)
+    runtime = is_runtime_model(model)
+    devices = bench_devices(cfg.eval.bench_device, run_device)
+    if runtime and any(d.type != "cpu" for d in devices):
+        logger.warning(f"{model.path} runs on the CPU ({model.runtime}): benchmarking on cpu only")
+        devices = [torch.device("cpu")]
+    runs = [measure(model, cfg, d) for d in devices]
     model.to(home)  # measure() moved it; the caller keeps its model where it was
-    info = {"name": cfg.name, "model": cfg.model.name, "params": int(count_params(model)),
-            "gflops": float(gflops(model, cfg.data.img_size)), "img_size": cfg.data.img_size,
+    if runtime:  # weights counted in the file; FLOPs are not counted outside PyTorch
+        params, flops = getattr(model, "num_params", None), None
+    else:
+        params, flops = int(count_params(model)), float(gflops(model, cfg.data.img_size))
+    info = {"name": cfg.name, "model": cfg.model.name, "params": params, "gflops": flops,
+            "img_size": cfg.data.img_size, "runtime": model.runtime if runtime else "pytorch",
             "checkpoint": str(ckpt) if ckpt else None,
-            "checkpoint_mb": os.path.getsize(ckpt) / 2**20 if ckpt else None,
+            "checkpoint_mb": _size_mb(ckpt) if ckpt else None,
             "torch": torch.__version__}
     result = {"model": info, "runs": runs}
     if out_dir is not None:
@@ -127,14 +139,22 @@ def run_benchmark(model: torch.nn.Module, cfg, run_device: torch.device, ckpt: s
     return result
 
 
+def _size_mb(path: str) -> float:
+    """Size of a checkpoint or exported file (a SavedModel folder: all its files), MB."""
+    p = Path(path)
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    return size / 2**20
+
+
 def _print(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     info = result["model"]
     size = f"{info['checkpoint_mb']:.1f} MB" if info["checkpoint_mb"] is not None else "n/a (no --ckpt)"
-    t = Table(title=f"benchmark {info['name']} ({info['model']}): {info['params'] / 1e6:.2f} M params, "
-                    f"{info['gflops']:.2f} GFLOPs at {info['img_size']} px, checkpoint {size}",
-              title_justify="left")
+    params = f"{info['params'] / 1e6:.2f} M params" if info["params"] is not None else "params n/a"
+    flops = f"{info['gflops']:.2f} GFLOPs" if info["gflops"] is not None else "GFLOPs n/a"
+    t = Table(title=f"benchmark {info['name']} ({info['model']}, {info['runtime']}): {params}, "
+                    f"{flops} at {info['img_size']} px, file {size}", title_justify="left")
     for col in ("device", "latency mean", "p50", "p95", "p99", "throughput", "peak memory"):
         t.add_column(col, justify="left" if col == "device" else "right")
     for r in result["runs"]:

@@ -92,11 +92,18 @@ def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augme
 
 
 def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
-    """Model of cfg with the checkpoint's EMA weights (or raw weights when it has no EMA), in eval mode."""
+    """Model of cfg with the checkpoint's EMA weights (or raw weights when it has no EMA), in eval mode.
+
+    An exported .onnx / .tflite file gives its runtime model (core.runtime, CPU only); its class
+    names fill an empty cfg.data.class_names, and it must fit cfg's class count and input size.
+    """
+    from core.runtime import is_runtime_path
     from models import build_model
     from utils.checkpoint import load_checkpoint
     if not ckpt_path:
         raise ConfigError("this task needs trained weights: pass --ckpt runs/<name>/best.pth")
+    if is_runtime_path(ckpt_path):
+        return _load_runtime(cfg, ckpt_path, device)
     ckpt = load_checkpoint(ckpt_path, required=("model",))
     if not cfg.data.class_names:
         cfg.data.class_names = list(ckpt.get("class_names", []))
@@ -110,3 +117,21 @@ def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
                           f"{cfg.num_classes} classes): {str(e).splitlines()[0]}") from None
     logger.info(f"loaded {'EMA ' if ema else ''}weights from {ckpt_path} (epoch {ckpt.get('epoch', '?')})")
     return model.to(device).eval().requires_grad_(False)
+
+
+def _load_runtime(cfg: BaseConfig, path: str, device):
+    from core.runtime import load_runtime_model
+    model = load_runtime_model(path)
+    names = list(model.metadata["class_names"])
+    if not cfg.data.class_names:
+        cfg.data.class_names = names
+    if len(cfg.data.class_names) != len(names):
+        raise ConfigError(f"{path} predicts {len(names)} classes {names}; data.class_names has "
+                          f"{len(cfg.data.class_names)}: {list(cfg.data.class_names)}")
+    if (cfg.data.img_size, cfg.data.img_size) != tuple(model.img_hw):
+        raise ConfigError(f"{path} was exported for {model.img_hw[0]}x{model.img_hw[1]} inputs; "
+                          f"data.img_size={cfg.data.img_size} does not fit it (drop the override)")
+    if getattr(device, "type", "cpu") != "cpu":
+        logger.info(f"{path} runs on the CPU ({model.runtime}), not on {device}")
+    logger.info(f"loaded exported model {path} ({model.runtime})")
+    return model

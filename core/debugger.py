@@ -11,6 +11,7 @@ from loguru import logger
 from PIL import Image, ImageDraw
 
 from core.builders import build_eval_loader, load_weights, resolve_class_names
+from datasets.dataset import to_input
 from models import assign_method, build_assigner_for, build_model
 from utils.dist import DistInfo
 from utils.plots import draw_assignments, draw_detections, save_image
@@ -33,6 +34,7 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     for i, (images, targets, metas) in enumerate(loader):
         if i >= cfg.debug.num_batches:
             break
+        images = to_input(images, "cpu")
         priors = model.priors(tuple(images.shape[2:]))
         preds = None
         if assigner.needs_predictions:
@@ -95,7 +97,7 @@ def draw_samples_for_config(cfg, run_dir: Path) -> list[Path]:
             break
         for b, meta in enumerate(metas):
             rows = targets[targets[:, 0] == b]
-            img = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            img = np.ascontiguousarray(images[b].permute(1, 2, 0).numpy())  # uint8 HWC
             path = out_dir / f"batch{i}_{b}_{Path(meta['file']).stem}.png"
             paths.append(save_image(path, draw_sample(img, rows[:, 1:].numpy(), cfg.data.class_names)))
     logger.info(f"{len(paths)} augmented training samples written to {out_dir}")

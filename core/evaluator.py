@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from configs.base_config import ConfigError
 from core.builders import dataset_for, loader_kwargs
+from core.runtime import model_device
 from datasets import build_dataloader, build_records
+from datasets.dataset import to_input
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
 from utils.coco_eval import (
@@ -131,22 +133,24 @@ class Evaluator:
     def predict(self, model: torch.nn.Module, loader) -> dict[int, dict]:
         """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K]}} for this rank.
 
+        ``model``: a PyTorch detector or a runtime model of core.runtime (same images, decode, NMS).
+
         Only the evaluator's records are predicted. The loader may cover more images (its first
         ones being the records, as with eval.max_images): an eval loader yields image ids in
         increasing order on each rank, so the loop stops at the first batch past the last record.
         """
-        net = unwrap(model)
-        was_training = net.training
+        net = unwrap(model)  # a runtime model (core.runtime: .onnx, .tflite) is its own net
+        was_training = getattr(net, "training", False)
         net.eval()
         e, out = self.cfg.eval, {}
         wanted = {int(r.image_id) for r in self.records}
         last = max(wanted, default=0)
-        device = next(net.parameters()).device
+        device = model_device(net)
         for images, _, metas in tqdm(loader, desc="val", disable=not self.dist.is_main, leave=False):
             ids = [int(m["image_id"]) for m in metas]
             if min(ids) > last:
                 break
-            images = images.to(device, non_blocking=True)
+            images = to_input(images, device)
             boxes, scores = net.decode(net(images), tuple(images.shape[2:]))
             dets = postprocess(boxes, scores, e.conf_thres, e.nms_iou, e.max_det, e.pre_nms_topk)
             for det, meta, i in zip(dets, metas, ids):

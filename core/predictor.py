@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from configs.base_config import ConfigError
 from core.evaluator import coco_category_ids
+from core.runtime import model_device
 from datasets.image_io import ImageError
 from datasets.loaders import EncryptedLoader, ImageLoader, build_loader
 from datasets.paths import ENC_SUFFIX, IMAGE_SUFFIXES, image_stem, is_image_name
@@ -168,7 +169,10 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 
 
 class Predictor:
-    """run(source, out_dir) -> per-image detection records (also written as files, module docstring)."""
+    """run(source, out_dir) -> per-image detection records (also written as files, module docstring).
+
+    ``model``: a PyTorch detector or a runtime model of core.runtime (.onnx, .tflite).
+    """
 
     def __init__(self, cfg, model: torch.nn.Module) -> None:
         p = cfg.predict
@@ -180,7 +184,7 @@ class Predictor:
                       else list(cfg.data.class_names))
         self.cat_ids = coco_category_ids(cfg)
         self.loader = build_loader(cfg.data)
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)  # CPU for an exported model (core.runtime)
 
     @torch.no_grad()
     def detect_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

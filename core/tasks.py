@@ -20,8 +20,21 @@ from utils.run_dir import make_run_dir
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError)
 
 
+RUNTIME_TASKS = ("val", "predict", "benchmark")  # the tasks that run an exported .onnx / .tflite file
+
+
 def config_for(args) -> BaseConfig:
-    """--config if given, else the config stored in --ckpt, else configs/my_config.py; then overrides."""
+    """--config if given, else the config stored in --ckpt (a checkpoint, or an exported model's
+    metadata), else configs/my_config.py; then overrides."""
+    from core.runtime import is_runtime_path, read_export_metadata
+    if is_runtime_path(args.ckpt):
+        if args.task not in RUNTIME_TASKS:
+            raise ConfigError(f"--task {args.task} needs a .pth checkpoint; an exported model ({args.ckpt}) "
+                              f"serves --task {', '.join(RUNTIME_TASKS)}")
+        if args.config is None:
+            cfg = BaseConfig.from_dict(read_export_metadata(args.ckpt)["config"], strict=False)
+            apply_overrides(cfg, args.overrides)
+            return cfg
     if args.config is None and args.ckpt:
         ckpt = load_checkpoint(args.ckpt, required=("config",))
         cfg = BaseConfig.from_dict(ckpt["config"], strict=False)
@@ -106,6 +119,7 @@ def _stop_on_signals(trainer):
 def task_val(cfg, args, dist, run_dir: Path) -> None:
     from core.builders import load_weights, resolve_class_names
     from core.evaluator import Evaluator, build_val_loader
+    from core.runtime import is_runtime_model
     model = load_weights(cfg, args.ckpt, dist.device)
     resolve_class_names(cfg)  # COCO data under a --config without them: the json's category ids
     loader, scored, total = build_val_loader(cfg, dist)
@@ -113,8 +127,10 @@ def task_val(cfg, args, dist, run_dir: Path) -> None:
     metrics = evaluator.run(model, loader, run_dir if dist.is_main else None)
     if not dist.is_main:
         return
-    ckpt = load_checkpoint(args.ckpt, required=())
-    recorded = {"epoch": ckpt.get("epoch", "?"), "mAP": ckpt.get("metrics", {}).get("mAP", -1.0)}
+    recorded = None
+    if not is_runtime_model(model):  # an exported file records no epoch or score
+        ckpt = load_checkpoint(args.ckpt, required=())
+        recorded = {"epoch": ckpt.get("epoch", "?"), "mAP": ckpt.get("metrics", {}).get("mAP", -1.0)}
     evaluator.show(metrics, run_dir, reference=recorded)
     logger.info(f"evaluation results written to {run_dir}")
     if cfg.eval.benchmark:
@@ -157,5 +173,33 @@ def task_debug(cfg, args, dist, run_dir: Path) -> None:
         draw_assignments_for_config(cfg, run_dir, args.ckpt)
 
 
+def task_export(cfg, args, dist, run_dir: Path) -> None:
+    """Write the export.formats files of --ckpt into the run dir; check the ONNX file against PyTorch."""
+    import torch
+
+    from core.builders import load_weights
+    from core.export import export_model
+    from core.runtime import OnnxModel, output_difference
+    if not dist.is_main:
+        return
+    model = load_weights(cfg, args.ckpt, torch.device("cpu"))
+    files = export_model(cfg, model, run_dir)
+    for kind, path in files.items():
+        size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
+        logger.info(f"{kind:12s} {path} ({size / 2**20:.1f} MB)")
+    if "onnx" in files:
+        diff = output_difference(model, OnnxModel(files["onnx"]))
+        why = (" (export.hardswish changes the activations)" if cfg.export.hardswish
+               else " (FP16 weights)" if cfg.export.half else "")
+        logger.info(f"check: {files['onnx'].name} vs PyTorch on a random input: max abs diff boxes "
+                    f"{diff['boxes']:.2e} px, scores {diff['scores']:.2e}{why}")
+
+
+def task_qat(cfg, args, dist, run_dir: Path) -> None:
+    """Quantisation-aware fine-tuning of --ckpt (core/qat.py)."""
+    from core.qat import run_qat
+    run_qat(cfg, args, dist, run_dir)
+
+
 TASK_FUNCS = {"train": task_train, "val": task_val, "predict": task_predict, "debug": task_debug,
-              "benchmark": task_benchmark}
+              "benchmark": task_benchmark, "export": task_export, "qat": task_qat}

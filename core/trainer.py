@@ -27,6 +27,7 @@ from tqdm import tqdm
 from configs.base_config import ConfigError
 from core.builders import build_eval_loader, build_train_loader, resolve_class_names
 from core.evaluator import Evaluator
+from datasets.dataset import to_input
 from models import build_assigner_for, build_model
 from models.losses import LOSSES
 from utils.checkpoint import (
@@ -298,7 +299,7 @@ class Trainer:
         terms, or {} for a skipped step."""
         accumulate = self.scheduler.schedule.accumulate_at(self.step)
         steps_now = flush or self.step + 1 - self.last_opt_step >= accumulate
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        images = to_input(images, self.device, self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         for saved, buf in zip(self._norm_snapshot, self._norm_buffers):
             saved.copy_(buf)

@@ -11,7 +11,7 @@ from typing import Any
 from loguru import logger
 
 from datasets.coco import CocoParser
-from datasets.dataset import DetectionDataset, build_dataloader, collate_fn
+from datasets.dataset import DetectionDataset, build_dataloader, collate_fn, to_input
 from datasets.label_cache import cached_scan, split_cache_dir
 from datasets.parser import Parser
 from datasets.records import Record
@@ -21,9 +21,21 @@ from datasets.yolo import YoloParser
 
 DATASETS: dict[str, type[Parser]] = {"voc": VocParser, "coco": CocoParser, "yolo": YoloParser}
 
-__all__ = ["DATASETS", "DatasetError", "DetectionDataset", "Record", "ScanReport", "build_dataloader",
-           "build_parser", "build_records", "category_ids", "collate_fn", "discover_class_names",
-           "split_cache_dir"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "DetectionDataset",
+    "Record",
+    "ScanReport",
+    "build_dataloader",
+    "build_parser",
+    "build_records",
+    "category_ids",
+    "collate_fn",
+    "discover_class_names",
+    "split_cache_dir",
+    "to_input",
+]
 
 
 def build_parser(cfg: Any) -> Parser:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from datasets import DetectionDataset, build_dataloader, build_records, collate_fn
+from datasets import DetectionDataset, build_dataloader, build_records, collate_fn, to_input
 from datasets.image_io import ImageError
 from datasets.transforms import boxes_to_letterbox
 from tests.datasets.synth import (
@@ -62,8 +62,12 @@ def test_collate_shapes_and_batch_index(voc):
     records, _ = build_records(voc, "val")
     ds = DetectionDataset(records, voc.data.class_names, 64)
     images, targets, metas = collate_fn([ds[0], ds[2], ds[1]])
-    assert images.shape == (3, 3, 64, 64) and images.dtype == torch.float32
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.shape == (3, 3, 64, 64) and images.dtype == torch.uint8
+    assert torch.equal(images[1], ds[2][0])  # the items' pixels, unscaled
+    x = to_input(images, "cpu", torch.channels_last)  # the model input: float 0..1
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x * 255.0, images.float())
+    assert to_input(x, "cpu", torch.channels_last) is x  # already a model input: passes through
     assert targets.shape == (4, 6) and targets[:, 0].tolist() == [0.0, 1.0, 1.0, 2.0]
     assert [m["image_id"] for m in metas] == [1, 3, 2]
     torch.testing.assert_close(targets[1:3, 1:], ds[2][1])

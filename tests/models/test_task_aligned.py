@@ -171,3 +171,60 @@ def test_registry_builds_each_method_with_its_own_config_fields():
     assert build_assigner(AssignCfg(method="nearby_grid", match_iou_thres=0.3)).match_iou_thres == 0.3
     with pytest.raises(ConfigError, match="assign.*topk must be >= 1"):
         build_assigner(AssignCfg(method="task_aligned", topk=0))
+
+
+def _dense_reference(targets, priors, batch_size, pred_boxes, pred_scores, topk=10, alpha=0.5, beta=6.0):
+    """The textbook [B, G, P] formulation (CIoU and alignment at every pair), for comparison."""
+    from models.assigners.task_aligned import INSIDE_EPS, _pad_per_image
+    from utils.boxes import bbox_iou
+    gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)
+    rows, boxes, labels, valid = _pad_per_image(targets, gt_rows, batch_size)
+    c = priors.centers[None, None]
+    gap = torch.cat((c - boxes[:, :, None, :2], boxes[:, :, None, 2:] - c), -1).amin(-1)
+    in_gt = (gap > INSIDE_EPS) & valid[..., None]
+    overlaps = bbox_iou(boxes[:, :, None], pred_boxes[:, None], "ciou").clamp(min=0) * valid[..., None]
+    cls = pred_scores.transpose(1, 2).gather(1, labels[..., None].expand(-1, -1, len(priors)))
+    align = cls.pow(alpha) * overlaps.pow(beta)
+    top = (align * in_gt).topk(min(topk, len(priors)), dim=-1).indices
+    pos = torch.zeros_like(in_gt).scatter_(-1, top, True) & in_gt
+    best = torch.zeros_like(pos).scatter_(1, overlaps.masked_fill(~valid[..., None], -1.0).argmax(1)[:, None], True)
+    pos = torch.where((pos.sum(1) > 1)[:, None], best, pos)
+    fg, gt_idx = pos.any(1), pos.byte().argmax(1)
+    align_pos = align * pos
+    soft = (align_pos * (overlaps * pos).amax(-1, keepdim=True)
+            / (align_pos.amax(-1, keepdim=True) + 1e-9)).amax(1)
+    return fg, torch.where(fg, rows.gather(1, gt_idx), -1), soft * fg
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sparse_computation_equals_the_dense_formulation(seed):
+    """Crowded, overlapping GTs (many conflicts), ignore rows, ties at zero score, empty images."""
+    g = torch.Generator().manual_seed(seed)
+    size, nc, batch = (64, 128, 160)[seed % 3], 1 + seed % 4, 1 + seed % 5
+    priors = make_priors((size, size), [8, 16, 32], None, torch.device("cpu"))
+    rows = []
+    for b in range(batch):
+        n = int(torch.randint(0, 12, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * size * 0.7
+        wh = torch.rand(n, 2, generator=g) * size * 0.5 + 1
+        if seed % 4 == 0 and n:  # near-duplicates: every anchor contested
+            wh[:], xy[:] = wh[0], xy[0] + torch.rand(n, 2, generator=g) * 4
+        cls = torch.randint(0, nc, (n, 1), generator=g).float()
+        if seed % 3 == 1 and n:
+            cls[0] = -1  # an ignore region
+        rows.append(torch.cat([torch.full((n, 1), float(b)), cls, xy, (xy + wh).clamp(max=size)], 1))
+    targets = torch.cat(rows)
+    c = priors.centers[None].expand(batch, -1, -1)
+    spread = torch.rand(batch, len(priors), 4, generator=g) * size / 4
+    pred_boxes = torch.cat([c - spread[..., :2], c + spread[..., 2:]], -1)
+    pred_scores = torch.rand(batch, len(priors), nc, generator=g)
+    if seed % 5 == 0:
+        pred_scores = (pred_scores > 0.5).float()  # zero alignments: ties inside top-k
+    topk = 1 + seed % 13
+    res = TaskAlignedAssigner(topk=topk, num_classes=nc).assign(targets, priors, batch, (pred_boxes, pred_scores))
+    if (targets[:, 1] >= 0).sum() == 0:
+        assert not res.fg_mask.any()
+        return
+    fg, gt_index, soft = _dense_reference(targets, priors, batch, pred_boxes, pred_scores, topk)
+    assert torch.equal(res.fg_mask, fg) and torch.equal(res.gt_index, gt_index)
+    torch.testing.assert_close(res.target_scores, soft, rtol=1e-6, atol=1e-7)  # same terms, other kernels

@@ -1,0 +1,139 @@
+"""Deployment accuracy and latency: one trained checkpoint scored on its val set through every runtime.
+
+    python benchmarks/export.py runs/bccd_v9t/best.pth [--qat-epochs 3] [--out DIR] [group.field=value ...]
+
+In one run, from the checkpoint alone (its config names the data; overrides apply on top):
+- mAP (0.50:0.95, faster-coco-eval, the val pipeline of --task val) of the PyTorch model, its
+  ONNX export (onnxruntime), TFLite FP32, FP16 and INT8 (post-training quantisation calibrated on
+  the first export.calib_count train images), and the INT8 TFLite of a quantisation-aware
+  fine-tuning (``--task qat``, --qat-epochs epochs from the same checkpoint, same calibration);
+- the checks: ONNX mAP equal to PyTorch's within 1e-4, FP16 within 0.5 points, and the share of
+  the INT8 loss (PyTorch - PTQ) that QAT recovers ((QAT - PTQ) / (PyTorch - PTQ));
+- CPU latency at batch 1 of the forward pass (no NMS), median of --iters calls after warm-up, for
+  PyTorch eager (the deployment form: fused, no auxiliary branch), onnxruntime and LiteRT
+  (FP32 and INT8), each with the torch thread count.
+
+Needs requirements-export.txt. Last line: RESULT {"map_torch": .., "map_onnx": ..,
+"map_tflite_fp32": .., "map_tflite_fp16": .., "map_int8_ptq": .., "map_int8_qat": ..,
+"latency_ms": {..}, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from loguru import logger
+
+from configs import apply_overrides
+from configs.base_config import BaseConfig
+from core.builders import load_weights
+from core.evaluator import Evaluator, build_val_loader
+from core.export import deployment_form, export_model
+from core.qat import run_qat
+from core.runtime import load_runtime_model
+from utils.checkpoint import load_checkpoint
+from utils.dist import DistInfo, set_cpu_threads
+
+CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+FORMATS = ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
+
+
+def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
+    cfg = BaseConfig.from_dict(load_checkpoint(ckpt, required=("config",))["config"], strict=False)
+    apply_overrides(cfg, ["eval.plots=False", "eval.save_json=False", "eval.dashboard=False"] + overrides)
+    return cfg.validate()
+
+
+def score(cfg: BaseConfig, model) -> float:
+    loader, records, _ = build_val_loader(cfg, CPU)
+    return float(Evaluator(cfg, records, CPU).run(model, loader)["mAP"])
+
+
+@torch.no_grad()
+def latency_ms(model, img_size: int, warmup: int, iters: int) -> float:
+    """Median milliseconds of one forward pass at batch 1 (seeded uniform input)."""
+    x = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(sorted(times)[len(times) // 2])
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", help="a .pth checkpoint of this repo (best.pth)")
+    p.add_argument("--qat-epochs", type=int, default=3, help="quantisation-aware fine-tuning epochs")
+    p.add_argument("--iters", type=int, default=30, help="timed batch-1 calls per runtime")
+    p.add_argument("--out", default=None, help="where the exported files go (default: a temporary dir)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. export.calib_count=64")
+    args = p.parse_args(argv)
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    cfg = config_of(args.ckpt, args.overrides)
+    threads = set_cpu_threads(cfg.train.num_threads)
+    out = Path(args.out or tempfile.mkdtemp(prefix="export_bench_"))
+    t_start = time.time()
+
+    model = load_weights(cfg, args.ckpt, CPU.device)
+    maps = {"torch": score(cfg, model)}
+    print(f"PyTorch            mAP {maps['torch']:.4f}", flush=True)
+    cfg.export.formats = FORMATS
+    files = export_model(cfg, model, out / "ptq")
+    runtimes = {"onnx": load_runtime_model(files["onnx"])}
+    for kind in ("tflite_fp32", "tflite_fp16", "tflite_int8"):
+        runtimes[kind] = load_runtime_model(files[kind])
+    names = {"onnx": "onnx", "tflite_fp32": "tflite_fp32", "tflite_fp16": "tflite_fp16",
+             "tflite_int8": "int8_ptq"}
+    for kind, rt in runtimes.items():
+        maps[names[kind]] = score(cfg, rt)
+        print(f"{kind:<18} mAP {maps[names[kind]]:.4f}", flush=True)
+
+    qat_cfg = config_of(args.ckpt, args.overrides + [f"qat.epochs={args.qat_epochs}", "qat.export_int8=True"])
+    summary = run_qat(qat_cfg, SimpleNamespace(ckpt=args.ckpt), CPU, out / "qat")
+    qat_int8 = load_runtime_model(summary["exported"]["tflite_int8"])
+    maps["int8_qat"] = score(cfg, qat_int8)
+    print(f"QAT int8 ({args.qat_epochs} ep)   mAP {maps['int8_qat']:.4f}", flush=True)
+
+    size = cfg.data.img_size
+    deployed = deployment_form(model)
+    lat = {"torch_eager": latency_ms(deployed, size, 5, args.iters),
+           "onnxruntime": latency_ms(runtimes["onnx"], size, 5, args.iters),
+           "litert_fp32": latency_ms(runtimes["tflite_fp32"], size, 5, args.iters),
+           "litert_fp16": latency_ms(runtimes["tflite_fp16"], size, 5, args.iters),
+           "litert_int8": latency_ms(runtimes["tflite_int8"], size, 5, args.iters)}
+
+    loss = maps["torch"] - maps["int8_ptq"]
+    recovered = (maps["int8_qat"] - maps["int8_ptq"]) / loss if loss > 0 else float("nan")
+    print(f"\n{cfg.model.name} at {size} px, {threads} threads, checkpoint {args.ckpt}; files in {out}")
+    print(f"{'runtime':<22}{'mAP':>8}{'vs torch':>10}")
+    for k, v in maps.items():
+        print(f"{k:<22}{v:>8.4f}{v - maps['torch']:>+10.4f}")
+    print(f"\nbatch-1 forward latency, CPU ({threads} threads), median of {args.iters}:")
+    for k, v in lat.items():
+        print(f"  {k:<14}{v:8.1f} ms")
+    onnx_equal = abs(maps["onnx"] - maps["torch"]) <= 1e-4
+    fp16_ok = abs(maps["tflite_fp16"] - maps["torch"]) <= 0.005
+    print(f"\nONNX equal to PyTorch (1e-4): {onnx_equal}; FP16 within 0.5 points: {fp16_ok}; INT8 PTQ loss "
+          f"{loss * 100:+.2f} points, QAT recovers {recovered:.0%} of it "
+          f"({time.time() - t_start:.0f} s in all)")
+    result = {f"map_{k}": round(v, 4) for k, v in maps.items()}
+    result |= {"latency_ms": {k: round(v, 2) for k, v in lat.items()}, "onnx_equal": onnx_equal,
+               "fp16_within_half_point": fp16_ok, "qat_recovered": round(recovered, 3),
+               "qat_epochs": args.qat_epochs}
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
