@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from configs import load_config  # noqa: E402
-from core.trainer import Trainer  # noqa: E402
-from utils.coco_eval import coco_evaluate  # noqa: E402
-from utils.dist import DistInfo, set_cpu_threads  # noqa: E402
-from utils.logging import setup_logging  # noqa: E402
-from utils.run_dir import make_run_dir  # noqa: E402
+from configs import load_config
+from core.trainer import Trainer
+from utils.coco_eval import coco_evaluate
+from utils.dist import DistInfo, set_cpu_threads
+from utils.logging import setup_logging
+from utils.run_dir import make_run_dir
 
 PROTOCOL = ["data.img_size=416", "train.epochs=40", "train.batch_size=16", "model.pretrained=''",
             "data.train_sets=['train']", "data.val_sets=['val']", "train.eval_interval=10"]

@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
 
 def test_unknown_key_exits_non_zero_without_traceback():
     p = subprocess.run([sys.executable, "main.py", "--config", "bccd_yolo_r18", "--task", "debug",
-                        "train.epoch=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "train.epoch=3"], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "did you mean train.epochs" in p.stderr
     assert "Traceback" not in p.stderr

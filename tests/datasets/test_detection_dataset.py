@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from datasets import DetectionDataset, build_dataloader, build_records, collate_fn, to_input
+from datasets import (
+    DetectionDataset,
+    build_dataloader,
+    build_records,
+    collate_fn,
+    to_input,
+)
 from datasets.image_io import ImageError
 from datasets.transforms import boxes_to_letterbox
 from tests.datasets.synth import (

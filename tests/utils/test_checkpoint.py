@@ -12,8 +12,14 @@ import torch
 from loguru import logger
 from torch import nn
 
-from utils.checkpoint import (CheckpointError, load_checkpoint, load_matching, rng_state, save_checkpoint,
-                              set_rng_state)
+from utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_matching,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 def _state() -> dict:

@@ -7,8 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from utils.coco_eval import (METRIC_KEYS, coco_evaluate, detections_to_coco_results, format_metrics,
-                             records_to_coco_gt, write_json_atomic)
+from utils.coco_eval import (
+    METRIC_KEYS,
+    coco_evaluate,
+    detections_to_coco_results,
+    format_metrics,
+    records_to_coco_gt,
+    write_json_atomic,
+)
 
 NAMES = ["rbc", "wbc", "platelet", "other"]
 BACKENDS = ["faster_coco_eval", "pycocotools"]
@@ -78,8 +84,9 @@ def test_records_to_coco_gt_fields():
 
 def test_records_to_coco_gt_errors():
     def rec(**kw):
-        base = dict(image_id=1, file="a.jpg", img_hw=(10, 10), boxes=np.array([[1, 1, 5, 5]], np.float32),
-                    labels=np.array([0]), ignore=np.zeros((0, 4), np.float32))
+        base = {"image_id": 1, "file": "a.jpg", "img_hw": (10, 10),
+                "boxes": np.array([[1, 1, 5, 5]], np.float32), "labels": np.array([0]),
+                "ignore": np.zeros((0, 4), np.float32)}
         return SimpleNamespace(**{**base, **kw})
     with pytest.raises(ValueError, match="duplicate image_id 1"):
         records_to_coco_gt([rec(), rec(file="b.jpg")], ["a"])

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.plots import (UNMATCHED_RGB, class_color, draw_assignments, draw_detections, label_tag_box,
-                         save_image)
+from utils.plots import (
+    UNMATCHED_RGB,
+    class_color,
+    draw_assignments,
+    draw_detections,
+    label_tag_box,
+    save_image,
+)
 
 NAMES = ["rbc", "wbc", "platelet"]
 
