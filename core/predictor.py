@@ -31,6 +31,7 @@ from tqdm import tqdm
 from configs.base_config import ConfigError
 from core.evaluator import coco_category_ids
 from core.runtime import model_device
+from datasets.dataset import to_input
 from datasets.image_io import ImageError
 from datasets.loaders import EncryptedLoader, ImageLoader, build_loader
 from datasets.paths import ENC_SUFFIX, IMAGE_SUFFIXES, image_stem, is_image_name
@@ -192,8 +193,8 @@ class Predictor:
         "labels" [K]}."""
         size, p = self.cfg.data.img_size, self.cfg.predict
         boxed = [letterbox(im, size) for im in images]
-        x = torch.from_numpy(np.stack([lb for lb, _, _ in boxed])).permute(0, 3, 1, 2).float().div(255)
-        boxes, scores = self.model.decode(self.model(x.to(self.device)), (size, size))
+        x = to_input(torch.from_numpy(np.stack([lb for lb, _, _ in boxed])).permute(0, 3, 1, 2), self.device)
+        boxes, scores = self.model.decode(self.model(x), (size, size))
         dets = postprocess(boxes, scores, p.conf_thres, p.nms_iou, p.max_det)
         return [{"boxes": boxes_from_letterbox(d["boxes"].cpu().numpy(), scale, pad, im.shape[:2]),
                  "scores": d["scores"].cpu().numpy(), "labels": d["labels"].cpu().numpy()}

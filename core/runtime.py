@@ -128,7 +128,37 @@ def onnx_weight_count(proto) -> int:
     return total
 
 
-class OnnxModel:
+class RuntimeModel:
+    """What every exported-model runner shares: the PyTorch detector's call surface without
+    parameters (``decode`` through ``decode_output0``; ``eval``, ``train``, ``to``,
+    ``requires_grad_`` are no-ops). Subclasses set ``runtime``, ``path``, ``img_hw``, ``metadata``
+    and define ``__call__(images) -> output0``."""
+
+    runtime = "runtime"
+    training = False
+    path: Path
+    img_hw: tuple[int, int]
+
+    def decode(self, output0: Tensor, img_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """output0 -> (boxes [B, N, 4] xyxy input pixels, scores [B, N, nc]) (``decode_output0``)."""
+        if tuple(img_hw) != self.img_hw:
+            raise ValueError(f"{self.path} was exported for {self.img_hw} inputs, not {tuple(img_hw)}")
+        return decode_output0(output0)
+
+    def eval(self) -> RuntimeModel:
+        return self
+
+    def train(self, mode: bool = True) -> RuntimeModel:
+        return self
+
+    def to(self, *args, **kwargs) -> RuntimeModel:
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> RuntimeModel:
+        return self
+
+
+class OnnxModel(RuntimeModel):
     """An exported .onnx file run by onnxruntime on the CPU (module docstring for the interface).
 
     The session uses ``torch.get_num_threads()`` intra-op threads, as the PyTorch path would. An
@@ -137,7 +167,6 @@ class OnnxModel:
     """
 
     runtime = "onnxruntime"
-    training = False
 
     def __init__(self, path: str | Path) -> None:
         ort = require("onnxruntime", "running an .onnx model")
@@ -182,24 +211,6 @@ class OnnxModel:
         outs = [self.session.run(["output0"], {self.input_name: x[i:i + step]})[0]
                 for i in range(0, len(x), step)]
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0]).float()
-
-    def decode(self, output0: Tensor, img_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """output0 -> (boxes [B, N, 4] xyxy input pixels, scores [B, N, nc]) (``decode_output0``)."""
-        if tuple(img_hw) != self.img_hw:
-            raise ValueError(f"{self.path} was exported for {self.img_hw} inputs, not {tuple(img_hw)}")
-        return decode_output0(output0)
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        return self
-
-    def to(self, *args, **kwargs) -> OnnxModel:
-        return self
-
-    def requires_grad_(self, requires_grad: bool = True) -> OnnxModel:
-        return self
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, img_hw={self.img_hw})"

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.export import decode_output0, require
+from core.export import require
+from core.runtime import RuntimeModel
 
 
 def litert_interpreter(model_path: str | Path | None = None, model_content: bytes | None = None,
@@ -101,7 +102,7 @@ def tflite_weight_count(it) -> int:
     return total
 
 
-class TFLiteModel:
+class TFLiteModel(RuntimeModel):
     """A .tflite file of core/export_tflite.py run by LiteRT on the CPU (module docstring).
 
     Attributes: path, runtime ("litert"), img_hw (H, W), metadata (dict), device (cpu),
@@ -109,7 +110,6 @@ class TFLiteModel:
     """
 
     runtime = "litert"
-    training = False
 
     def __init__(self, path: str | Path) -> None:
         from core.runtime import read_export_metadata
@@ -154,24 +154,6 @@ class TFLiteModel:
         it.set_tensor(self.input["index"], _quantize(np.ascontiguousarray(x), self.input))
         it.invoke()
         return _dequantize(it.get_tensor(self.output["index"]), self.output)
-
-    def decode(self, output0: Tensor, img_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """output0 -> (boxes [B, N, 4] xyxy input pixels, scores [B, N, nc]) (``decode_output0``)."""
-        if tuple(img_hw) != self.img_hw:
-            raise ValueError(f"{self.path} was exported for {self.img_hw} inputs, not {tuple(img_hw)}")
-        return decode_output0(output0)
-
-    def eval(self) -> TFLiteModel:
-        return self
-
-    def train(self, mode: bool = True) -> TFLiteModel:
-        return self
-
-    def to(self, *args, **kwargs) -> TFLiteModel:
-        return self
-
-    def requires_grad_(self, requires_grad: bool = True) -> TFLiteModel:
-        return self
 
     def __repr__(self) -> str:
         return f"TFLiteModel({str(self.path)!r}, img_hw={self.img_hw}, {self.num_params:,} weights)"
