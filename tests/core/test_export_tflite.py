@@ -26,12 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from configs.base_config import BaseConfig, ConfigError
 from core.export import decode_output0, export_onnx
-from core.export_tflite import (
-    calibration_images,
-    check_same_outputs,
-    convert_onnx_to_tflite,
-    rewrite_for_xnnpack,
-)
+from core.export_tflite import calibration_images, convert_onnx_to_tflite
+from core.onnx_rewrite import check_same_outputs, rewrite_for_xnnpack
 from core.runtime import load_runtime_model
 from core.runtime_tflite import (
     TFLiteModel,
