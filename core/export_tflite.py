@@ -9,8 +9,8 @@ float in [0, 1] and returns ``output0`` [1, 4 + nc, N] in the ONNX layout (check
 
 Before onnx2tf sees the graph it is fixed to batch 1, simplified with onnxslim (which folds the
 shape arithmetic the tracer leaves) and two patterns that XNNPACK, the TFLite CPU delegate, does
-not take are rewritten into equivalent ones (``core.onnx_rewrite.rewrite_for_xnnpack``; outputs compared with
-onnxruntime, bit for bit):
+not take are rewritten into equivalent ones (``core.onnx_rewrite.rewrite_for_xnnpack``; outputs
+compared with onnxruntime, bit for bit):
 
 - nearest ``Resize`` by an integer factor s (the neck upsampling) would become
   RESIZE_NEAREST_NEIGHBOR; it is replaced by a Concat of s*s copies along the channels and a
