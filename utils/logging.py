@@ -103,6 +103,7 @@ class TBWriter:
         if log_dir is None or rank != 0:
             return
         try:
+            _tensorboard_without_tensorflow()
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             global _tb_warned
@@ -230,6 +231,19 @@ def memory_scalars(device: Any) -> dict[str, float]:
         out["memory/cuda_allocated_mb"] = torch.cuda.memory_allocated(device) / 2**20
         out["memory/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+def _tensorboard_without_tensorflow() -> None:
+    """Make TensorBoard use its own TF stub even where TensorFlow is installed (the export extra).
+
+    torch.utils.tensorboard asks tensorboard.compat for a TF API, which imports the whole of
+    TensorFlow when it can (~500 MB of resident memory, seconds of start-up and its log lines in
+    every training run) unless the module ``tensorboard.compat.notf`` exists: TensorBoard's own
+    switch for "do not use TensorFlow". Writing event files needs only the stub.
+    """
+    import types
+    if "tensorflow" not in sys.modules:  # a process that already uses TF keeps it
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 def release_free_memory() -> None:

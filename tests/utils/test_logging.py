@@ -92,3 +92,19 @@ def test_run_dir_out(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
         make_run_dir("ignored", "exp", out=str(tmp_path / "f"))
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorflow") is None,
+                    reason="only meaningful where TensorFlow is installed (requirements-export.txt)")
+def test_tensorboard_writer_does_not_import_tensorflow(tmp_path):
+    """TensorFlow (the export extra) must not be pulled into every training process by TensorBoard."""
+    import subprocess
+    from pathlib import Path
+    code = ("import sys; from utils.logging import TBWriter; w = TBWriter(sys.argv[1]); "
+            "w.add_scalars({'loss': 1.0}, 1); w.close(); print('tensorflow' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tb")], check=False, capture_output=True,
+                       text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "False"
+    assert any(f.name.startswith("events.out.tfevents") and f.stat().st_size > 0
+               for f in (tmp_path / "tb").iterdir())
