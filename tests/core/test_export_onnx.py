@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import train_tiny
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -338,10 +338,8 @@ def pseudo_labels(root: Path, ckpt: Path) -> None:
 def exported(tmp_path_factory):
     """A tiny dataset, a checkpoint trained one epoch on it (scores spread), its --task export output."""
     tmp = tmp_path_factory.mktemp("export_tasks")
-    root = make_tiny_voc(tmp / "data", n_train=4, n_val=3)
-    ov = tiny_overrides(root, **{"train.epochs": 1})
-    assert main(["--config", "bccd_yolo_r18", "--task", "train", "--out", str(tmp / "run")] + ov) == 0
-    ckpt = spread_scores(tmp / "run" / "last.pth", tmp / "run" / "spread.pth")
+    root, last = train_tiny(tmp)
+    ckpt = spread_scores(last, tmp / "run" / "spread.pth")
     pseudo_labels(root, ckpt)
     assert main(["--task", "export", "--ckpt", str(ckpt), "--out", str(tmp / "export"), "export.nms=True"]) == 0
     return root, ckpt, tmp / "export", tmp

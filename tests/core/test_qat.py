@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import make_tiny_voc, randomize_bn, tiny_overrides
 from torch import nn
 
 from configs import load_config
@@ -45,15 +45,7 @@ def tiny_model(*overrides: str) -> nn.Module:
     torch.manual_seed(0)
     cfg = load_config("bccd_yolo_r18", ["model.channel_sparsity=0.25", *overrides])
     cfg.data.class_names = ["a", "b", "c"]
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model
+    return randomize_bn(build_model(cfg).eval())
 
 
 def images(n: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
@@ -202,13 +194,7 @@ class Net(nn.Module):
 
 def test_eval_forward_is_the_folded_int8_conv_and_the_merged_repconv():
     torch.manual_seed(0)
-    net = Net(Conv(3, 8, 3), RepConv(8, 8))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
+    net = randomize_bn(Net(Conv(3, 8, 3), RepConv(8, 8)), mean=0.3, bias=0.0)
     reference = copy.deepcopy(net).eval()
     prepared(net).eval()
     unit, rep = net.layers[0].conv, net.layers[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import tiny_overrides, train_tiny
 
 from main import main
 
@@ -18,10 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 def trained(tmp_path_factory):
     """A tiny dataset and a checkpoint trained one epoch on it."""
     tmp = tmp_path_factory.mktemp("tasks")
-    root = make_tiny_voc(tmp / "data", n_train=4, n_val=3)
-    ov = tiny_overrides(root, **{"train.epochs": 1})
-    assert main(["--config", "bccd_yolo_r18", "--task", "train", "--out", str(tmp / "run")] + ov) == 0
-    return root, tmp / "run" / "last.pth", tmp
+    root, ckpt = train_tiny(tmp)
+    return root, ckpt, tmp
 
 
 def test_unknown_key_exits_non_zero_without_traceback():

@@ -29,3 +29,30 @@ def tiny_overrides(root: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v!r}" for k, v in base.items()]
+
+
+def randomize_bn(model, mean: float = 0.2, var: tuple[float, float] = (0.5, 2.0),
+                 weight: tuple[float, float] = (0.5, 1.5), bias: float = 0.1):
+    """Non-trivial BatchNorm statistics and affine terms (BN folding and fake quantisation must carry
+    them), drawn uniformly (global torch RNG) per BN layer in this order: running mean in [-mean, mean], running var
+    in ``var``, weight in ``weight``, bias in [-bias, bias] (left alone when bias is 0). Returns model."""
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-mean, mean)
+                m.running_var.uniform_(*var)
+                m.weight.uniform_(*weight)
+                if bias:
+                    m.bias.uniform_(-bias, bias)
+    return model
+
+
+def train_tiny(tmp: Path, n_train: int = 4, n_val: int = 3) -> tuple[Path, Path]:
+    """make_tiny_voc data under tmp/data and a bccd_yolo_r18 checkpoint trained one epoch on it
+    (tmp/run/last.pth); returns (data root, checkpoint)."""
+    from main import main
+    root = make_tiny_voc(tmp / "data", n_train=n_train, n_val=n_val)
+    ov = tiny_overrides(root, **{"train.epochs": 1})
+    assert main(["--config", "bccd_yolo_r18", "--task", "train", "--out", str(tmp / "run")] + ov) == 0
+    return root, tmp / "run" / "last.pth"
