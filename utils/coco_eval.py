@@ -23,6 +23,7 @@ no GT box is smaller than 32x32 px, or a class absent from the evaluated images)
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -46,6 +47,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() gives
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, default=_json_default)
             f.flush()
@@ -55,6 +57,14 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(x: Any) -> Any:

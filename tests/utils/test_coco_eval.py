@@ -220,3 +220,12 @@ def test_write_json_atomic(tmp_path):
         write_json_atomic(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"mAP": 0.7}  # a failed write leaves the old file
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no stray tmp files
+
+
+def test_write_json_atomic_gives_the_permissions_of_a_plain_open(tmp_path):
+    """Run files (metrics.json, an export's metadata.json) are shared: not mkstemp's private 0600."""
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    with open(tmp_path / "b.json", "w") as f:
+        f.write("{}")
+    modes = [(tmp_path / p).stat().st_mode & 0o777 for p in ("a.json", "b.json")]
+    assert modes[0] == modes[1]
