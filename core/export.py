@@ -82,9 +82,7 @@ class ExportModel(nn.Module):
         boxes, scores = self.net.decode(self.net(images), self.img_hw)
         xy = (boxes[..., :2] + boxes[..., 2:]) * 0.5
         wh = boxes[..., 2:] - boxes[..., :2]
-        out = torch.cat((xy, wh, scores.to(boxes.dtype)), -1).transpose(1, 2)
-        self.output_shape = tuple(int(d) for d in out.shape)  # read by export_onnx after tracing
-        return out
+        return torch.cat((xy, wh, scores.to(boxes.dtype)), -1).transpose(1, 2)
 
 
 def deployment_form(model: nn.Module) -> nn.Module:
@@ -169,8 +167,9 @@ def export_onnx(model: nn.Module, path: str | Path, img_hw: tuple[int, int], ops
             torch.onnx.export(wrapper, (images,), str(tmp), opset_version=opset, input_names=["images"],
                               output_names=["output0"], dynamic_axes=dynamic_axes, do_constant_folding=True,
                               dynamo=False)
+            shape = tuple(wrapper(images).shape)  # [1, 4 + nc, N]: the dims the tracer may leave symbolic
         proto = onnx.load(str(tmp))
-        _fix_output_dims(proto, wrapper.output_shape)
+        _fix_output_dims(proto, shape)
         if simplify:
             proto = simplify_onnx(proto)
         if nms is not None:
