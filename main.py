@@ -1,25 +1,34 @@
-"""Entry point: python main.py [--config PATH_OR_NAME] --task TASK [--ckpt FILE] [--out DIR] [group.field=value ...]
+"""Entry point: python main.py [--config PATH_OR_NAME] [--task TASK] [--ckpt FILE] [--out DIR] [group.field=value ...]
 
-Works the same under torchrun --nproc_per_node=N.
+The task is a config field (cfg.task, default "train"); --task overrides it. Flags and
+overrides may come in any order. Works the same under torchrun (--nproc_per_node, --nnodes) and
+under python -m torch.distributed.launch (its --local-rank argument is accepted).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
+from configs.base_config import TASKS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="config file or name under configs/ (default: my_config)")
-    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--task", default=None, choices=TASKS, help="overrides cfg.task (default: the config's task)")
     p.add_argument("--ckpt", default=None,
                    help="checkpoint: resume (train) or weights (val/predict/debug/benchmark/export/qat); "
                         "val/predict/benchmark also take an exported .onnx or .tflite file")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>[N])")
+    # torch.distributed.launch passes --local-rank=N (older releases --local_rank); torchrun sets LOCAL_RANK.
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                   help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=5 assign.method=all_grid")
-    return p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

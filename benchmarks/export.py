@@ -40,6 +40,7 @@ from core.evaluator import Evaluator, build_val_loader
 from core.export import deployment_form, export_model
 from core.qat import run_qat
 from core.runtime import load_runtime_model
+from core.tasks import config_from_data
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo, set_cpu_threads
 
@@ -48,7 +49,7 @@ FORMATS = ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
 
 
 def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
-    cfg = BaseConfig.from_dict(load_checkpoint(ckpt, required=("config",))["config"], strict=False)
+    cfg = config_from_data(load_checkpoint(ckpt, required=("config",))["config"], ckpt)
     apply_overrides(cfg, ["eval.plots=False", "eval.save_json=False", "eval.dashboard=False"] + overrides)
     return cfg.validate()
 

@@ -38,7 +38,7 @@ class DataCfg:
     allow_outside_root: bool = False  # True: image paths may resolve outside the dataset root
     image_loader: str = "datasets.loaders.PilLoader"  # loader class path (or TurboJpegLoader, EncryptedLoader)
     key_env: str = ""  # env variable holding the AES-256 key (64 hex chars); never the key itself
-    cache_labels: bool = False  # reuse the scan until files, sizes, mtimes, class names or settings change
+    cache_labels: bool = True  # reuse the scan until files, sizes, mtimes, class names or settings change (one process scans, the others wait for it)
     cache_images: str = "none"  # decoded-image LMDB cache: "none", "ram" (shared memory) or "disk" (mmap)
     cache_resize: bool = True  # cache images resized to img_size on the long side, else at full size
     cache_dir: str = ""  # caches (the only files written outside the run dir); "" = <train.save_dir>/cache
@@ -49,6 +49,7 @@ class DataCfg:
     pin_memory: bool = True  # page-locked host memory for faster host-to-GPU copies (CUDA only)
     prefetch_factor: int = 2  # batches each worker prepares ahead
     persistent_workers: bool = True  # keep workers alive between epochs (the epoch still reaches them)
+    loader_timeout_s: float = 600.0  # a batch not delivered by the workers within this many seconds is an error naming the stall (0 = wait forever)
 
 
 @dataclass
@@ -159,6 +160,8 @@ class TrainCfg:
     deterministic: bool = False  # torch deterministic algorithms (slower)
     eval_interval: int = 1  # validate every N epochs (and always after the last)
     save_dir: str = "runs"  # parent of run directories when --out is not given
+    save_interval_min: float = 30.0  # also write last.pth inside an epoch every N minutes, so a kill loses at most that (0 = at epoch ends only)
+    dist_timeout_min: float = 30.0  # process-group timeout: a collective waiting longer than this ends the job with an error, minutes
     log_interval: int = 10  # iterations between TensorBoard loss scalars
     max_bad_steps: int = 10  # consecutive skipped steps (non-finite loss or gradient) before an error
     init_weights: str = ""  # checkpoint of this repo (any family or class count) to fine-tune from
@@ -244,6 +247,9 @@ class QatCfg:
     export_int8: bool = True  # write an INT8 TFLite model of the result (needs requirements-export.txt)
 
 
+TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
+TOP_LEVEL = ("name", "task")  # config fields outside the sections
+
 SECTIONS = {
     "data": DataCfg, "aug": AugCfg, "model": ModelCfg, "assign": AssignCfg, "loss": LossCfg,
     "optim": OptimCfg, "sched": SchedCfg, "train": TrainCfg, "eval": EvalCfg,
@@ -258,7 +264,8 @@ class ConfigError(ValueError):
 class BaseConfig:
     """All sections with their defaults. Subclass it and change fields in ``__init__``."""
 
-    name: str = "base"  # experiment name; run directories are named after it
+    name: str = "base"  # experiment name; run directories are named after it (a plain name, no path)
+    task: str = "train"  # what main.py runs: one of TASKS (--task overrides it)
 
     def __init__(self) -> None:
         for sec, cls in SECTIONS.items():
@@ -266,7 +273,7 @@ class BaseConfig:
 
     # -- plain data ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name}
+        out: dict[str, Any] = {k: getattr(self, k) for k in TOP_LEVEL}
         for sec in SECTIONS:
             out[sec] = _plain(dataclasses.asdict(getattr(self, sec)))
         return out
@@ -280,10 +287,10 @@ class BaseConfig:
         defaults.
         """
         cfg = cls()
-        cfg.name = d.get("name", cfg.name)
         dropped = []
         for sec, values in d.items():
-            if sec == "name":
+            if sec in TOP_LEVEL:
+                cfg.set(sec, values)
                 continue
             if sec not in SECTIONS:
                 if strict:
@@ -303,14 +310,20 @@ class BaseConfig:
 
     # -- overrides ----------------------------------------------------------------
     def keys(self) -> list[str]:
-        return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(SECTIONS[s])]
+        return [*TOP_LEVEL, *(f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(SECTIONS[s]))]
 
     def get(self, key: str) -> Any:
+        if key in TOP_LEVEL:
+            return getattr(self, key)
         sec, fld = self._split(key)
         return getattr(getattr(self, sec), fld)
 
     def set(self, key: str, value: Any) -> None:
-        """Set ``section.field``; the value must have the type of the current value."""
+        """Set ``section.field`` (or a top-level field: name, task); the value must have the type of
+        the current value."""
+        if key in TOP_LEVEL:
+            setattr(self, key, _coerce(key, getattr(self, key), value))
+            return
         sec, fld = self._split(key)
         current = getattr(getattr(self, sec), fld)
         setattr(getattr(self, sec), fld, _coerce(key, current, value))
@@ -337,7 +350,7 @@ class BaseConfig:
         return self
 
     def __repr__(self) -> str:
-        lines = [f"{type(self).__name__}(name={self.name!r})"]
+        lines = [f"{type(self).__name__}(name={self.name!r}, task={self.task!r})"]
         for sec in SECTIONS:
             lines.append(f"  {sec}: {dataclasses.asdict(getattr(self, sec))}")
         return "\n".join(lines)

@@ -1,9 +1,12 @@
 """Cross-field checks of a config. Each error names the key and what to do."""
 from __future__ import annotations
 
-from configs.base_config import BaseConfig, ConfigError
+import re
+
+from configs.base_config import TASKS, BaseConfig, ConfigError
 
 CHOICES = {
+    "task": TASKS,
     "model.activation": ("relu", "leaky_relu", "silu", "mish", "hardswish"),
     "loss.box": ("iou", "giou", "diou", "ciou"),
     "loss.obj_target": ("iou", "constant"),
@@ -33,6 +36,7 @@ def validate_config(cfg: BaseConfig) -> None:
             raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {list(choices)}")
     from models import check_assignment
     check_assignment(cfg)  # the assigner must suit the head (anchor-free vs anchor-based)
+    _check_name(cfg.name)
     names = cfg.data.class_names
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -67,7 +71,7 @@ def _check_training(cfg: BaseConfig) -> None:
     from utils.coco_eval import METRIC_KEYS
     for key in ("optim.weight_decay", "optim.grad_clip", "optim.nominal_batch", "sched.warmup_epochs",
                 "sched.warmup_min_iters", "sched.warmup_bias_lr", "train.freeze_epochs", "train.min_delta",
-                "train.patience", "train.save_top_k"):
+                "train.patience", "train.save_top_k", "train.save_interval_min"):
         if cfg.get(key) < 0:
             raise ConfigError(f"{key}={cfg.get(key)} must not be negative")
     for key in ("optim.base_batch", "train.max_bad_steps"):
@@ -90,6 +94,9 @@ def _check_training(cfg: BaseConfig) -> None:
         raise ConfigError(f"sched.one_cycle_pct={s.one_cycle_pct} must be in (0, 1)")
     if s.one_cycle_div < 1.0:
         raise ConfigError(f"sched.one_cycle_div={s.one_cycle_div} must be at least 1")
+    if cfg.train.dist_timeout_min <= 0:
+        raise ConfigError(f"train.dist_timeout_min={cfg.train.dist_timeout_min} must be positive (minutes a "
+                          "collective may wait before the job fails)")
     if cfg.train.monitor not in METRIC_KEYS:
         raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not one of {list(METRIC_KEYS)}")
     if any(not isinstance(e, str) or not e for e in cfg.train.freeze):
@@ -110,7 +117,7 @@ def _check_data_and_aug(cfg: BaseConfig) -> None:
             raise ConfigError(f"{key}={cfg.get(key)} must be positive (a Beta distribution parameter)")
     if cfg.aug.max_aspect_ratio <= 1:
         raise ConfigError(f"aug.max_aspect_ratio={cfg.aug.max_aspect_ratio} must be greater than 1")
-    for key in ("aug.close_mosaic_epochs", "aug.min_box_size", "data.num_workers"):
+    for key in ("aug.close_mosaic_epochs", "aug.min_box_size", "data.num_workers", "data.loader_timeout_s"):
         if cfg.get(key) < 0:
             raise ConfigError(f"{key}={cfg.get(key)} must not be negative")
     if cfg.data.prefetch_factor < 1:
@@ -121,6 +128,21 @@ def _check_data_and_aug(cfg: BaseConfig) -> None:
     if needs_key and not cfg.data.key_env:
         raise ConfigError("data.encrypt_cache / the encrypted image loader need data.key_env: the name of "
                           "the environment variable holding the key (never the key itself)")
+    if (cfg.data.image_loader.endswith("EncryptedLoader") and cfg.data.cache_images != "none"
+            and not cfg.data.encrypt_cache):
+        raise ConfigError(f"data.cache_images={cfg.data.cache_images!r} with the encrypted image loader would "
+                          "keep the decrypted images in plain form: set data.encrypt_cache=True (the cache is "
+                          "then encrypted with the same key) or data.cache_images='none'")
+
+
+_NAME = re.compile(r"[\w+-][\w.+-]*")
+
+
+def _check_name(name: str) -> None:
+    """``name`` names run directories: a plain file name, never a path."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"name={name!r} must be a plain name (letters, digits, _ . + -, not starting with "
+                          "a dot): run directories are named after it")
 
 
 def _range(cfg: BaseConfig, key: str, lo: float, hi: float) -> None:

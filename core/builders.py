@@ -73,7 +73,8 @@ def loader_kwargs(cfg: BaseConfig, dist: DistInfo) -> dict:
     d = cfg.data
     return {"num_workers": d.num_workers, "rank": dist.rank, "world_size": dist.world_size,
             "seed": cfg.train.seed, "pin_memory": d.pin_memory and dist.device.type == "cuda",
-            "prefetch_factor": d.prefetch_factor, "persistent_workers": d.persistent_workers}
+            "prefetch_factor": d.prefetch_factor, "persistent_workers": d.persistent_workers,
+            "timeout_s": d.loader_timeout_s}
 
 
 def build_train_loader(cfg: BaseConfig, dist: DistInfo):

@@ -15,49 +15,78 @@ from datasets.scan import DatasetError
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.dist import broadcast_object, cleanup, init_distributed, set_cpu_threads
 from utils.logging import close_run_log, setup_logging
-from utils.run_dir import make_run_dir
+from utils.run_dir import RunDirError, make_run_dir
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError, RunDirError)
 
 
 RUNTIME_TASKS = ("val", "predict", "benchmark")  # the tasks that run an exported .onnx / .tflite file
 
 
+# Fields of a config that decide where files are written. A config read from a checkpoint or an
+# exported model is data from whoever made the file: these fields are not taken from it.
+WRITE_PATH_KEYS = ("train.save_dir", "data.cache_dir")
+
+
 def config_for(args) -> BaseConfig:
     """--config if given, else the config stored in --ckpt (a checkpoint, or an exported model's
-    metadata), else configs/my_config.py; then overrides."""
+    metadata, see ``config_from_data``), else configs/my_config.py; then overrides and --task."""
     from core.runtime import is_runtime_path, read_export_metadata
-    if is_runtime_path(args.ckpt):
-        if args.task not in RUNTIME_TASKS:
-            raise ConfigError(f"--task {args.task} needs a .pth checkpoint; an exported model ({args.ckpt}) "
-                              f"serves --task {', '.join(RUNTIME_TASKS)}")
-        if args.config is None:
-            cfg = BaseConfig.from_dict(read_export_metadata(args.ckpt)["config"], strict=False)
-            apply_overrides(cfg, args.overrides)
-            return cfg
     if args.config is None and args.ckpt:
-        ckpt = load_checkpoint(args.ckpt, required=("config",))
-        cfg = BaseConfig.from_dict(ckpt["config"], strict=False)
-        apply_overrides(cfg, args.overrides)
-        return cfg
-    return load_config(args.config, args.overrides)
+        stored = (read_export_metadata(args.ckpt) if is_runtime_path(args.ckpt)
+                  else load_checkpoint(args.ckpt, required=("config",)))["config"]
+        cfg = apply_overrides(config_from_data(stored, args.ckpt), args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.task is not None:
+        cfg.task = args.task
+    if is_runtime_path(args.ckpt) and cfg.task not in RUNTIME_TASKS:
+        raise ConfigError(f"--task {cfg.task} needs a .pth checkpoint; an exported model ({args.ckpt}) "
+                          f"serves --task {', '.join(RUNTIME_TASKS)}")
+    return cfg
+
+
+def config_from_data(stored: dict, source: str) -> BaseConfig:
+    """The config stored in a checkpoint or exported model, as data that cannot act as code.
+
+    Its image loader must be a built-in one (a stored import path would run code from the file's
+    author), its name must be a plain name (checked by validate), and the fields that decide where
+    files are written (``WRITE_PATH_KEYS``) keep this machine's defaults: run directories come from
+    --out or ``train.save_dir`` of the command line, never from the file.
+    """
+    from datasets.loaders import LOADERS
+    cfg = BaseConfig.from_dict(stored, strict=False)
+    if cfg.data.image_loader not in LOADERS:
+        raise ConfigError(f"{source} names data.image_loader={cfg.data.image_loader!r}, which is not a built-in "
+                          f"loader ({', '.join(LOADERS)}); a checkpoint is data and cannot import code. Use "
+                          "--config with a config file that names the loader")
+    defaults = BaseConfig()
+    for key in WRITE_PATH_KEYS:
+        if cfg.get(key) != defaults.get(key):
+            logger.info(f"{source} was made with {key}={cfg.get(key)!r}; using {defaults.get(key)!r} (a "
+                        f"checkpoint does not choose where files are written; pass {key}=... to set it)")
+            cfg.set(key, defaults.get(key))
+    return cfg
 
 
 def run_task(args) -> None:
     close_run_log()  # nothing of this run (e.g. a config error) goes into an earlier run's log file
     cfg = config_for(args).validate()
-    dist = init_distributed()
+    task = cfg.task
+    dist = init_distributed(timeout_s=60 * cfg.train.dist_timeout_min)
     set_cpu_threads(cfg.train.num_threads)
     try:
         out = args.out
-        if out is None and args.task == "train" and args.ckpt:
-            out = str(Path(args.ckpt).resolve().parent)  # resume continues in its own run dir
-        run_dir = make_run_dir(cfg.train.save_dir, f"{cfg.name}_{args.task}" if args.task != "train"
-                               else cfg.name, out) if dist.is_main else None
+        resume = args.ckpt if task == "train" else None
+        if out is None and resume:
+            out = str(Path(resume).resolve().parent)  # resume continues in its own run dir
+        # Global rank 0 alone chooses (and creates) the run dir; every rank gets its path.
+        run_dir = make_run_dir(cfg.train.save_dir, f"{cfg.name}_{task}" if task != "train" else cfg.name,
+                               out, resume=resume) if dist.is_main else None
         run_dir = Path(broadcast_object(str(run_dir) if run_dir else None))
-        setup_logging(run_dir, dist.rank, args.task)
-        logger.info(f"task {args.task}, config {cfg.name}, run dir {run_dir}")
-        TASK_FUNCS[args.task](cfg, args, dist, run_dir)
+        setup_logging(run_dir, dist.rank, task)
+        logger.info(f"task {task}, config {cfg.name}, run dir {run_dir}")
+        TASK_FUNCS[task](cfg, args, dist, run_dir)
     finally:
         cleanup()
     # Done: later code of this process does not write into this run's log. After a failure the file
@@ -92,8 +121,11 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
 
 @contextmanager
 def _stop_on_signals(trainer):
-    """While training, SIGTERM and SIGINT ask the trainer to stop cleanly; a second one acts at once
-    (the previous handlers are back after the first)."""
+    """While training, SIGTERM and SIGINT ask the trainer to stop cleanly at the end of the step.
+
+    SIGTERM may come several times (under SLURM both the scheduler and torchrun send it to a rank):
+    each one only repeats the request. A second Ctrl-C (SIGINT) stops at once.
+    """
     signals = (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
         yield
@@ -101,10 +133,10 @@ def _stop_on_signals(trainer):
     previous = {s: signal.getsignal(s) for s in signals}
 
     def handler(signum, _frame) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        logger.warning(f"{signal.Signals(signum).name} received: finishing the current step, then writing "
-                       "last.pth and exiting (send it again to stop at once)")
+        # Only flags: a handler that logged could interrupt a log call in progress (loguru refuses
+        # the re-entry and prints "Logging error in Loguru Handler"); the trainer says it instead.
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
         trainer.request_stop(signum)
 
     for s in signals:

@@ -6,7 +6,8 @@ early stopping on a monitored metric, transfer from any checkpoint of this repo.
 
 Survival: a stop request (SIGTERM/SIGINT, wired in core/tasks.py) ends the run at the next
 optimizer-step boundary with last.pth holding the mid-epoch position and the RNG state of every
-rank, and a resume continues exactly there. A non-finite loss or gradient skips the step (the
+rank, and a resume continues exactly there. Every ``train.save_interval_min`` minutes last.pth is
+also written inside the epoch, so a SIGKILL or a lost node costs at most that much training. A non-finite loss or gradient skips the step (the
 BatchNorm statistics its forward moved are restored); last/best never receive non-finite weights.
 Every rank takes the same branch (two tiny all-reduces per step), so DDP never waits forever.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -160,6 +162,8 @@ class Trainer:
         self.bad_steps = 0
         self.stop_reason = ""  # why early stopping ended the run ("" = it did not)
         self.stop_signal: int | None = None  # set by request_stop
+        self._stop_announced = False  # the stop request was logged (a signal handler must not log)
+        self._saved_at = time.monotonic()  # when last.pth was last written (for train.save_interval_min)
         self.interrupted = False  # fit ended on a stop request, last.pth holds the position
         self._stop_agreed = False  # a stop was requested on some rank (all ranks agree on it after each step)
         self._epoch_sums: dict[str, float] = {}  # loss sums of the current epoch so far
@@ -223,6 +227,7 @@ class Trainer:
                 logger.warning(f"early stopping after epoch {self.epoch}: {self.stop_reason}")
                 break
             if not last and any_rank(self.stop_signal is not None, device=self.device)[0]:  # during val/save
+                self._announce_stop()
                 self.interrupted = True
                 logger.warning(f"stopped on request after epoch {self.epoch}; last.pth holds it. Resume with "
                                f"--task train --ckpt {self.run_dir / 'last.pth'}")
@@ -255,9 +260,18 @@ class Trainer:
             if self.step % self.cfg.train.log_interval == 0:
                 self.tb.add_scalars({f"train/{k}": v for k, v in parts.items()}
                                     | {"train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
-            self._stop_agreed, = any_rank(self.stop_signal is not None, device=self.device)
-            if self._stop_agreed and self.step == self.last_opt_step:  # no accumulated gradient pending
+            # One all-reduce: every rank learns whether any rank was asked to stop and whether rank 0's
+            # save interval has passed, so all take the same branch at the same step.
+            stop, save_due = any_rank(self.stop_signal is not None, self._interval_save_due(), device=self.device)
+            self._announce_stop()
+            at_boundary = self.step == self.last_opt_step  # no accumulated gradient pending
+            self._stop_agreed = stop
+            if stop and at_boundary:
                 break
+            if save_due and at_boundary and self.epoch_iter < self.iters_per_epoch:
+                self.save()
+                logger.info(f"in-epoch save: last.pth holds epoch {epoch + 1}, iteration {self.epoch_iter}/"
+                            f"{self.iters_per_epoch} (train.save_interval_min={self.cfg.train.save_interval_min:g})")
         bar.close()
         self.train_seconds += time.perf_counter() - t0
         return {k: round(v / max(self.iters_per_epoch, 1), 4) for k, v in sums.items()}
@@ -365,8 +379,21 @@ class Trainer:
 
     def request_stop(self, signum: int) -> None:
         """Ask :meth:`fit` to stop at the next optimizer-step boundary and write last.pth (signal-safe:
-        it only sets a flag)."""
+        it only sets a flag; the trainer logs the request at the step's end)."""
         self.stop_signal = signum
+
+    def _announce_stop(self) -> None:
+        if self.stop_signal is not None and not self._stop_announced:
+            self._stop_announced = True
+            again = " (Ctrl-C again stops at once)" if self.stop_signal == signal.SIGINT else ""
+            logger.warning(f"{signal.Signals(self.stop_signal).name} received: finishing the current step, "
+                           f"then writing last.pth and exiting{again}")
+
+    def _interval_save_due(self) -> bool:
+        """On rank 0 (the others say False; the all-reduce spreads it): True when last.pth is older
+        than ``train.save_interval_min``."""
+        minutes = self.cfg.train.save_interval_min
+        return self.dist.is_main and minutes > 0 and time.monotonic() - self._saved_at >= 60 * minutes
 
     def _stop_mid_epoch(self) -> None:
         self.save()
@@ -474,6 +501,7 @@ class Trainer:
                 written.append(name)
                 state["top_k"] = self.top_k.state_dict()
         save_checkpoint(state, self.run_dir / "last.pth")
+        self._saved_at = time.monotonic()
         return written + ["last.pth"]
 
     def _rng_states(self) -> list[dict]:

@@ -6,7 +6,8 @@ It is never written anywhere: the config holds only the variable's name, errors 
 variable and never its value, and the cipher's repr hides it.
 
 Blob layout: ``MAGIC (5 bytes) | nonce (12 bytes) | ciphertext + 16-byte tag``. A fresh random
-nonce per blob; ``aad`` binds a cache value to its slot so values cannot be swapped unnoticed.
+nonce per blob; ``aad`` binds a cache value to its slot and an encrypted image to its file name
+(``image_aad``), so values or files cannot be swapped or renamed unnoticed.
 
 Encrypt a folder of images for the encrypted loader (``a.jpg`` -> ``a.jpg.enc``)::
 
@@ -26,6 +27,12 @@ from datasets.paths import ENC_SUFFIX, is_image_name
 MAGIC = b"YENC1"
 _NONCE = 12
 _KEY_HEX = 64
+
+
+def image_aad(plain_name: str) -> bytes:
+    """Associated data of an encrypted image: its plain file name (``a.jpg`` for ``a.jpg.enc``), so
+    the file decrypts only under its own name, wherever its folder is moved."""
+    return b"image:" + plain_name.encode("utf-8")
 
 
 class CryptoError(ValueError):
@@ -100,7 +107,7 @@ def encrypt_tree(src: Path, dst: Path, cipher: Cipher) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         data = path.read_bytes()
         if is_image_name(path.name) and not path.name.lower().endswith(ENC_SUFFIX):
-            out.with_name(out.name + ENC_SUFFIX).write_bytes(cipher.encrypt(data))
+            out.with_name(out.name + ENC_SUFFIX).write_bytes(cipher.encrypt(data, image_aad(path.name)))
             count += 1
         else:
             out.write_bytes(data)

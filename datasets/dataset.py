@@ -17,7 +17,9 @@ workers and after a resume alike (the trainer calls ``set_epoch`` with the resum
 from __future__ import annotations
 
 import functools
+import itertools
 import random
+import signal
 from typing import Any
 
 import numpy as np
@@ -175,10 +177,6 @@ class DetectionDataset(Dataset):
         return image, torch.from_numpy(target), meta
 
 
-def _seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(2**31 - 1))
-
-
 def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]
                ) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """Items -> (images uint8 [B, 3, H, W], targets float32 [N, 6] =
@@ -233,8 +231,77 @@ class SeededRandomSampler(Sampler[int]):
         return self.n - self.start
 
 
+class ShardSampler(DistributedSampler):
+    """torch's DistributedSampler (this rank's share of a seeded shuffle, padded to equal shares)
+    that can start mid-epoch: ``set_start(k)`` skips the first k indices of this rank's share, so a
+    run resumed inside an epoch does not load the samples it already trained on; ``set_epoch``
+    clears it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"sampler start {start} is outside 0..{self.num_samples}")
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class LoaderStallError(RuntimeError):
+    """The DataLoader workers delivered no batch within ``data.loader_timeout_s``."""
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader whose timeout (``data.loader_timeout_s``) raises LoaderStallError naming the
+    cause and the setting, instead of torch's bare "DataLoader timed out"."""
+
+    def __iter__(self):
+        return _Guarded(super().__iter__(), self)
+
+
+class _Guarded:
+    def __init__(self, it, loader: DetectionLoader) -> None:
+        self._it, self._loader = it, loader
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except RuntimeError as e:
+            loader = self._loader
+            if not loader.timeout or "timed out" not in str(e):
+                raise
+            raise LoaderStallError(
+                f"no batch from the {loader.num_workers} DataLoader workers in {loader.timeout:g} s "
+                f"(data.loader_timeout_s): a worker is stalled, e.g. on a hung read of slow or network "
+                f"storage or in a custom image loader. Raise data.loader_timeout_s if batches are really "
+                f"that slow, or set data.num_workers=0 to find the stall in the main process") from None
+
+
 def _worker_init(worker_id: int, seed: int, rank: int) -> None:
-    """Seed numpy/random per worker (and rank)."""
+    """Seed numpy/random per worker (and rank), and ignore SIGTERM and SIGINT.
+
+    A scheduler's stop signal reaches the whole process group (torchrun, SLURM, ``kill -TERM -PGID``,
+    Ctrl-C): the workers must outlive it, so the training process can finish its step and write
+    last.pth; it ends them itself when it exits (orphaned workers exit on their own).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     s = (seed * 1000 + rank * 100 + worker_id) % 2**32
     np.random.seed(s)
     random.seed(s)
@@ -242,20 +309,21 @@ def _worker_init(worker_id: int, seed: int, rank: int) -> None:
 
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, rank: int = 0,
                      world_size: int = 1, seed: int = 0, pin_memory: bool = False, prefetch_factor: int = 2,
-                     persistent_workers: bool = True) -> tuple[DataLoader, Sampler]:
+                     persistent_workers: bool = True, timeout_s: float = 0.0) -> tuple[DataLoader, Sampler]:
     """DataLoader and its sampler (call ``sampler.set_epoch(e)`` on train samplers each epoch).
 
     Args:
         batch_size: images per step on this rank.
-        world_size: > 1 uses a DistributedSampler (shuffle=train, seed, drop_last=False).
+        world_size: > 1 uses a ShardSampler (DistributedSampler: shuffle=train, seed, drop_last=False).
         num_workers: lowered, with a warning, when the open-file limit cannot hold them.
         prefetch_factor, persistent_workers: as in DataLoader (used only with workers).
+        timeout_s: with workers, seconds to wait for a batch before LoaderStallError (0 = forever).
     Train loaders shuffle with a seeded generator and drop the last partial batch when the
     (per-rank) dataset is larger than one batch.
     """
     if world_size > 1:
-        sampler: Sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
-                                              shuffle=train, seed=seed, drop_last=False)
+        sampler: Sampler = ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                        drop_last=False)
     elif train:
         sampler = SeededRandomSampler(len(dataset), seed)
     else:
@@ -270,11 +338,12 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
         cv2.setNumThreads(0)
         size = getattr(dataset, "img_size", 0)
         warn_small_shm(4 * 3 * size * size * batch_size, num_workers, prefetch_factor)
-    loader = DataLoader(
+    loader = DetectionLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn, pin_memory=pin_memory, drop_last=drop_last,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        timeout=timeout_s if num_workers > 0 else 0,
         worker_init_fn=functools.partial(_worker_init, seed=seed, rank=rank),
         generator=torch.Generator().manual_seed(seed))
     return loader, sampler

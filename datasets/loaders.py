@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from configs.base_config import ConfigError
-from datasets.crypto import Cipher, CryptoError
+from datasets.crypto import Cipher, CryptoError, image_aad
 from datasets.image_io import ImageError, image_hw, load_image
 from datasets.paths import ENC_SUFFIX
 
@@ -107,10 +107,15 @@ class EncryptedLoader:
             blob = p.read_bytes()
         except OSError as e:
             raise ImageError(f"{p}: cannot read image file ({e.strerror or e})") from e
+        plain_name = p.name[:-len(ENC_SUFFIX)]
         try:
-            return self.cipher.decrypt(blob, "the image")
+            return self.cipher.decrypt(blob, "the image", image_aad(plain_name))
         except CryptoError as e:
-            raise ImageError(f"{p}: {e}") from None
+            if _decrypts_unbound(self.cipher, blob):
+                raise ImageError(f"{p}: encrypted without binding to its file name (an older version of "
+                                 "python -m datasets.crypto); encrypt the plain images again") from None
+            raise ImageError(f"{p}: {e} (an encrypted image decrypts only under the name it was encrypted "
+                             "with)") from None
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         return load_image(path, self._plain(path))
@@ -119,9 +124,30 @@ class EncryptedLoader:
         return image_hw(path, self._plain(path))
 
 
+# The built-in loaders, by the name a config gives. A config read from a checkpoint or an exported
+# model is data, not code: it may only name one of these (core.tasks checks it); a config file
+# (code the user runs) may also give the import path of a loader of its own.
+LOADERS: dict[str, type] = {
+    DEFAULT_LOADER: PilLoader,
+    "datasets.loaders.TurboJpegLoader": TurboJpegLoader,
+    "datasets.loaders.EncryptedLoader": EncryptedLoader,
+}
+
+
+def _decrypts_unbound(cipher: Cipher, blob: bytes) -> bool:
+    try:
+        cipher.decrypt(blob, "the image")
+    except CryptoError:
+        return False
+    return True
+
+
 def build_loader(data_cfg: Any) -> ImageLoader:
-    """Instantiate ``data_cfg.image_loader`` ("package.module.Class" or "package.module:Class")."""
+    """Instantiate ``data_cfg.image_loader``: a name of ``LOADERS``, or the import path of another
+    loader class ("package.module.Class" or "package.module:Class")."""
     spec = data_cfg.image_loader or DEFAULT_LOADER
+    if spec in LOADERS:
+        return LOADERS[spec](data_cfg)
     module_name, sep, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
     if not sep or not module_name or not attr:
         raise ConfigError(f"data.image_loader={spec!r} must be an import path like {DEFAULT_LOADER!r}")

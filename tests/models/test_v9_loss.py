@@ -76,8 +76,8 @@ def test_perfect_predictions_reach_the_dfl_minimum(shift, frac):
     assert parts["dfl"].item() == pytest.approx(entropy, abs=1e-4)
     assert set(parts) == {"box", "cls", "dfl"}
     c = LossCfg()
-    assert loss.item() == pytest.approx(c.box_weight * parts["box"] + c.cls_weight * parts["cls"]
-                                        + c.dfl_weight * parts["dfl"], rel=1e-6)
+    weighted = c.box_weight * parts["box"] + c.cls_weight * parts["cls"] + c.dfl_weight * parts["dfl"]
+    assert loss.item() == pytest.approx(weighted.item(), rel=1e-6)
     # A per-batch mean: the same image twice gives the same loss (no batch-size factor).
     loss2, _ = make_loss()(perfect_raw(p, gt, 1, batch=2), torch.tensor([[0, 1, *gt.tolist()],
                                                                          [1, 1, *gt.tolist()]]), p)

@@ -8,7 +8,7 @@ from loguru import logger
 
 import utils.logging as ulog
 from utils.logging import TBWriter, setup_logging
-from utils.run_dir import make_run_dir
+from utils.run_dir import RunDirError, make_run_dir
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,12 @@ def test_run_dir_out(tmp_path):
     out = tmp_path / "a" / "b"
     assert make_run_dir("ignored", "exp", out=str(out)) == out and out.is_dir()
     (out / "last.pth").write_bytes(b"x")
-    assert make_run_dir("ignored", "exp", out=str(out)) == out  # resume in place
+    with pytest.raises(RunDirError, match=rf"--out {out} already holds files of another run \(last.pth\); "
+                                          rf"choose another directory, or resume .*--ckpt {out}/last.pth"):
+        make_run_dir("ignored", "exp", out=str(out))
+    with pytest.raises(RunDirError, match="already holds files"):  # a checkpoint of another run
+        make_run_dir("ignored", "exp", out=str(out), resume=str(tmp_path / "other" / "last.pth"))
+    assert make_run_dir("ignored", "exp", out=str(out), resume=str(out / "last.pth")) == out  # resume in place
     assert (out / "last.pth").read_bytes() == b"x"
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
