@@ -10,12 +10,15 @@ Hooks (all optional):
 - "stall_last_write": the first rewrite of an existing last.pth writes half its bytes to the
   tmp file, creates "<run dir>/stalled" and then sleeps (a test SIGKILLs it there);
 - "raise_rank" / "raise_step": that rank raises a RuntimeError at the start of that step;
-- "nan_rank" / "nan_step": that rank's loss is NaN at that step (the other ranks' stays finite).
+- "nan_rank" / "nan_step": that rank's loss is NaN at that step (the other ranks' stays finite);
+- "exit_file": each rank appends "<rank> <exit code>" to it when main() returns or exits (under
+  torchrun the launcher's own exit code does not tell the ranks' codes).
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,4 +73,11 @@ if HOOKS.get("stall_last_write"):
     torch.save = stalling_save
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[2:]))
+    try:
+        code = main(sys.argv[2:])
+    except SystemExit as e:
+        code = e.code
+    if HOOKS.get("exit_file"):
+        with open(HOOKS["exit_file"], "a") as f:
+            f.write(f"{os.environ.get('RANK', '0')} {code}\n")
+    sys.exit(code)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_data import make_tiny_voc, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +25,7 @@ def run(args, **env):
     return p
 
 
+@pytest.mark.slow
 def test_ddp_train_and_val_equal_single_process(tmp_path):
     root = make_tiny_voc(tmp_path / "data", n_train=8, n_val=5)  # odd val size: sampler pads
     ov = tiny_overrides(root, **{"train.epochs": 1})

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("survival_child.py")
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False, "train.epochs": 2}
+WORKERS = {"data.num_workers": 2}  # the default: the kill tests run with DataLoader workers, as users do
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +100,11 @@ def start_job(root, run: Path, hooks: dict, ranks: int = 1, **extra) -> Job:
                      f"--master_port={free_port()}"]
     args = launcher + [str(CHILD), json.dumps({"progress": str(progress), **hooks}), "--config",
                        "bccd_yolo_r18", "--task", "train", "--out", str(run)] + overrides(root, **extra)
-    # Output to a file: a full pipe would block the child.
+    # Output to a file: a full pipe would block the child. Its own session: a test signals the whole
+    # process group (the run and its DataLoader workers), as SLURM or `kill -TERM -PGID` do.
     with open(run.parent / f"{run.name}_console.txt", "w") as out:
         proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return Job(proc, run, progress)
 
 
@@ -117,8 +119,10 @@ def jobs(data_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("jobs")
     odd = make_tiny_voc(base / "odd_data", n_train=7, n_val=3)  # 7 images over 2 ranks: the sampler pads
     started = {
-        "sigterm": start_job(data_root, base / "sigterm", {"pause_after_step": 4}),
-        "sigkill": start_job(data_root, base / "sigkill", {"pause_after_step": 5}),
+        "sigterm": start_job(data_root, base / "sigterm", {"pause_after_step": 4}, **WORKERS),
+        "sigkill": start_job(data_root, base / "sigkill", {"pause_after_step": 5}, **WORKERS),
+        "sigkill_interval": start_job(data_root, base / "sigkill_interval", {"pause_after_step": 5}, **WORKERS,
+                                      **{"train.save_interval_min": 1e-9}),  # an in-epoch save after every step
         "stall": start_job(data_root, base / "stall", {"stall_last_write": True}),
         "ddp_crash": start_job(data_root, base / "ddp_crash", {"raise_rank": 1, "raise_step": 2}, ranks=2),
         "ddp_odd": start_job(odd, base / "ddp_odd", {"nan_rank": 1, "nan_step": 2}, ranks=2,
@@ -161,13 +165,15 @@ def steps_done(job: Job) -> int:
 
 
 # -- stop signals and kills ---------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_last_and_resume_continues_exactly(jobs, data_root, reference):
     job = jobs["sigterm"]
     wait_until(lambda: steps_done(job) >= 4, job, "step 4")  # epoch 2, iteration 1 of 3
-    job.proc.send_signal(signal.SIGTERM)
-    assert job.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    os.killpg(job.proc.pid, signal.SIGTERM)  # the run and its 2 DataLoader workers, like a scheduler
+    assert job.proc.wait(timeout=60) == 128 + signal.SIGTERM, console(job)
     log = (job.run / "train.log").read_text()
     assert "SIGTERM received: finishing the current step" in log
+    assert "Logging error" not in console(job) and "killed by signal" not in console(job)
     assert "stopped on request at epoch 2, iteration 1/3 (step 4)" in log
     ck = load_checkpoint(job.run / "last.pth")
     assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 1, 4)
@@ -175,16 +181,32 @@ def test_sigterm_mid_epoch_saves_last_and_resume_continues_exactly(jobs, data_ro
     assert_same_run(reference, resume_to_end(data_root, job.run))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_last_completed_save(data_root, reference, jobs):
     job = jobs["sigkill"]
     wait_until(lambda: steps_done(job) >= 5, job, "step 5")  # epoch 1 saved, mid epoch 2
-    job.proc.kill()
+    os.killpg(job.proc.pid, signal.SIGKILL)  # a lost node: the run and its workers
     assert job.proc.wait(timeout=30) == -signal.SIGKILL
     ck = load_checkpoint(job.run / "last.pth")
-    assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 0, 3)
+    assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 0, 3)  # no in-epoch save within 30 minutes
     assert_same_run(reference, resume_to_end(data_root, job.run))
 
 
+@pytest.mark.slow
+def test_sigkill_loses_at_most_one_save_interval(data_root, reference, jobs):
+    """train.save_interval_min so short that last.pth is written after every step: a kill during
+    step 5 loses that step only, and the resumed run still equals the uninterrupted one."""
+    job = jobs["sigkill_interval"]
+    wait_until(lambda: steps_done(job) >= 5, job, "step 5")
+    os.killpg(job.proc.pid, signal.SIGKILL)
+    assert job.proc.wait(timeout=30) == -signal.SIGKILL
+    ck = load_checkpoint(job.run / "last.pth")
+    assert (ck["epoch"], ck["epoch_iter"], ck["step"]) == (1, 1, 4)  # written after step 4, mid epoch 2
+    assert "in-epoch save: last.pth holds epoch 2, iteration 1/3" in (job.run / "train.log").read_text()
+    assert_same_run(reference, resume_to_end(data_root, job.run))
+
+
+@pytest.mark.slow
 def test_sigkill_inside_a_checkpoint_write_keeps_the_old_file(data_root, reference, jobs):
     job = jobs["stall"]
     run = job.run
@@ -344,6 +366,7 @@ def test_non_finite_gradient_is_skipped_and_weights_never_saved_non_finite(data_
 
 
 # -- DDP -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_crashing_rank_ends_every_rank_with_its_traceback_in_the_log(jobs):
     job = jobs["ddp_crash"]
     log = job.run / "train_rank1.log"
@@ -356,6 +379,7 @@ def test_a_crashing_rank_ends_every_rank_with_its_traceback_in_the_log(jobs):
     assert not left.stdout.split()  # no orphan rank
 
 
+@pytest.mark.slow
 def test_ddp_odd_split_rank_local_nan_and_thaw_never_hang(jobs):
     job = jobs["ddp_odd"]
     assert job.proc.wait(timeout=240) == 0, console(job)
@@ -368,6 +392,7 @@ def test_ddp_odd_split_rank_local_nan_and_thaw_never_hang(jobs):
 
 
 # -- memory --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resident_memory_stays_flat_across_epochs(jobs):
     """benchmarks/memory.py over 8 epochs (validation, plots and JSON every epoch, 2 workers)."""
     job = jobs["memory"]

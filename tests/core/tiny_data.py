@@ -26,6 +26,7 @@ def tiny_overrides(root: Path, **extra) -> list[str]:
         "data.root": str(root), "data.img_size": 64, "data.num_workers": 0, "model.channel_sparsity": 0.25,
         "train.batch_size": 4, "eval.batch_size": 4, "train.epochs": 2, "sched.warmup_epochs": 0.5,
         "aug.mosaic_prob": 0.5, "train.num_threads": 1,
+        "data.cache_dir": str(Path(root).parent / f"{Path(root).name}_cache"),  # not the repo's runs/cache
     }
     base.update(extra)
     return [f"{k}={v!r}" for k, v in base.items()]
