@@ -192,3 +192,18 @@ def test_task_flag_and_override_replace_the_config_task(debug_config, tmp_path):
     assert main(["--config", str(path), "--out", str(tmp_path / "o"), "task=train", "train.epochs=1"] + ov) == 0
     assert (tmp_path / "o" / "last.pth").is_file()
     assert main(["--config", str(path), "task=fly"] + ov) == 2  # not a task: a config error
+
+
+def test_process_group_timeout_comes_from_the_config(monkeypatch):
+    import core.tasks as tasks
+    asked = []
+
+    def fake_init(timeout_s):
+        asked.append(timeout_s)
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(tasks, "init_distributed", fake_init)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--config", "bccd_yolo_r18", "--task", "debug", "train.dist_timeout_min=2.5"])
+    assert asked == [150.0]
+    assert main(["--config", "bccd_yolo_r18", "train.dist_timeout_min=0.0"]) == 2  # must be positive
