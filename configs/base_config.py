@@ -95,14 +95,8 @@ class ModelCfg:
 
 @dataclass
 class AssignCfg:
-    method: str = "auto"  # auto (the model family's own: yolo nearby_grid, v7 ratio_grid, v9 task_aligned) | single_grid | nearby_grid | all_grid | ratio_grid | task_aligned
-    match_iou_thres: float = 0.0625  # a prior matches a GT when IoU(prior box, GT) >= this
-    filter_by_max_iou: bool = True  # a slot claimed by several GTs keeps only the GT of highest IoU
-    ensure_one_match: bool = True  # a GT with no prior above the threshold still gets its best-IoU prior
-    topk: int = 10  # task_aligned: anchors each GT takes, the best-aligned of those inside its box
-    alpha: float = 0.5  # task_aligned: exponent of the class score in the alignment s^alpha * CIoU^beta
-    beta: float = 6.0  # task_aligned: exponent of the CIoU in the alignment s^alpha * CIoU^beta
-    anchor_t: float = 4.0  # ratio_grid: an anchor matches a GT when every side ratio (both ways) is below this
+    method: str = "auto"  # auto (the model family's own: yolo nearby_grid, v7 ratio_grid, v9 task_aligned) or a name of models.assigners.ASSIGNERS
+    options: dict = field(default_factory=dict)  # the method's options by name, e.g. {"topk": 13}; the others keep the defaults of its Options (models/assigners/<method>.py)
 
 
 @dataclass
@@ -247,6 +241,10 @@ class QatCfg:
     export_int8: bool = True  # write an INT8 TFLite model of the result (needs requirements-export.txt)
 
 
+CONFIG_VERSION = 2  # 2: assign.options replaced the flat assign.* option fields of version 1
+# Version-1 assign fields and their defaults: a stored value that differs moves into assign.options.
+_V1_ASSIGN = {"match_iou_thres": 0.0625, "filter_by_max_iou": True, "ensure_one_match": True, "topk": 10,
+              "alpha": 0.5, "beta": 6.0, "anchor_t": 4.0}
 TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
 TOP_LEVEL = ("name", "task")  # config fields outside the sections
 
@@ -273,7 +271,7 @@ class BaseConfig:
 
     # -- plain data ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in TOP_LEVEL}
+        out: dict[str, Any] = {"version": CONFIG_VERSION, **{k: getattr(self, k) for k in TOP_LEVEL}}
         for sec in SECTIONS:
             out[sec] = _plain(dataclasses.asdict(getattr(self, sec)))
         return out
@@ -284,11 +282,18 @@ class BaseConfig:
 
         strict=False (checkpoints written by an older version of the repo): keys that no
         longer exist are skipped and listed in one warning; fields added since keep their
-        defaults.
+        defaults. A version-1 dict (no "version" key) is migrated first (``_migrate_v1``).
         """
+        version = d.get("version", 1)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise ConfigError(f"the config was written by a newer version of this repo (config version "
+                              f"{version!r}; this one reads up to {CONFIG_VERSION}): update the repo")
+        d = _migrate_v1(d) if version == 1 else d
         cfg = cls()
         dropped = []
         for sec, values in d.items():
+            if sec == "version":
+                continue
             if sec in TOP_LEVEL:
                 cfg.set(sec, values)
                 continue
@@ -356,6 +361,16 @@ class BaseConfig:
         return "\n".join(lines)
 
 
+def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 config dict in the version-2 layout: the flat assign option fields whose values
+    differ from their version-1 defaults become ``assign.options``."""
+    d = dict(d)
+    old = dict(d.get("assign", {}))
+    options = {k: old.pop(k) for k in list(old) if k in _V1_ASSIGN and old[k] != _V1_ASSIGN[k]}
+    d["assign"] = {k: v for k, v in old.items() if k not in _V1_ASSIGN} | {"options": options}
+    return d
+
+
 def _plain(x: Any) -> Any:
     """Tuples to lists, recursively: a checkpoint holds only plain Python values."""
     if isinstance(x, dict):
@@ -382,6 +397,9 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     elif isinstance(current, (list, tuple)):
         if isinstance(value, (list, tuple)):
             return type(current)(value)
+    elif isinstance(current, dict):
+        if isinstance(value, dict):
+            return dict(value)
     else:
         return value
     raise ConfigError(f"{key}: expected {type(current).__name__} (like {current!r}), got {value!r}")

@@ -35,8 +35,8 @@ class CocoV9(BaseConfig):
         d.img_size = 640
         d.num_workers = 8
         self.model.name = type(self).model_name
-        self.assign.method = "auto"  # task_aligned: top-k 10, alpha 0.5, beta 6.0
-        self.assign.topk, self.assign.alpha, self.assign.beta = 10, 0.5, 6.0
+        self.assign.method = "task_aligned"
+        self.assign.options = {"topk": 10, "alpha": 0.5, "beta": 6.0}
         lo = self.loss
         lo.box, lo.box_weight, lo.cls_weight, lo.dfl_weight, lo.aux_weight = "ciou", 7.5, 0.5, 1.5, 0.25
         a = self.aug

@@ -53,7 +53,9 @@ def validate_config(cfg: BaseConfig) -> None:
         raise ConfigError("model.anchors must list the same number of positive [w, h] pairs per level")
     if not 0.0 < cfg.model.channel_sparsity <= 4.0:
         raise ConfigError(f"model.channel_sparsity={cfg.model.channel_sparsity} must be in (0, 4]")
-    _range(cfg, "assign.match_iou_thres", 0.0, 1.0)
+    if not isinstance(cfg.assign.options, dict) or any(not isinstance(k, str) for k in cfg.assign.options):
+        raise ConfigError(f"assign.options={cfg.assign.options!r} must be a dict of option names of "
+                          f"assign.method, e.g. {{'topk': 13}}")
     _check_data_and_aug(cfg)
     lo, hi = cfg.aug.scale
     if not 0 < lo <= hi:

@@ -19,8 +19,7 @@ class VocYoloR18(BaseConfig):
         self.model.backbone = "resnet18"
         self.model.channel_sparsity = 0.75
         self.assign.method = "nearby_grid"
-        self.assign.match_iou_thres = 0.0625
-        self.assign.filter_by_max_iou = True
+        self.assign.options = {"match_iou_thres": 0.0625, "filter_by_max_iou": True}
         self.loss.box = "ciou"
         self.loss.focal_gamma = 3.5
         self.optim.name = "adam"

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from core.builders import build_eval_loader, load_weights, resolve_class_names
 from datasets.dataset import to_input
 from models import assign_method, build_assigner_for, build_model
+from models.assigners import Predictions
 from utils.dist import DistInfo
 from utils.plots import draw_assignments, draw_detections, save_image
 
@@ -27,37 +28,27 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     loader, _ = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment)
     model = load_weights(cfg, ckpt, dist.device) if ckpt else build_model(cfg).eval()
     assigner = build_assigner_for(cfg)
-    # Prediction-aware assigners (task_aligned) see the model's boxes and scores: say whose.
+    # Prediction-aware assigners (task_aligned, simota) see the model's boxes and scores: say whose.
     source = (f"predictions of {Path(ckpt).name}" if ckpt else "predictions of the untrained model") \
-        if assigner.needs_predictions else ""
+        if assigner.uses_predictions else ""
+    note = f"{assign_method(cfg)} {assigner.describe()}"
     out_dir, paths = Path(run_dir) / "debug", []
     for i, (images, targets, metas) in enumerate(loader):
         if i >= cfg.debug.num_batches:
             break
         images = to_input(images, "cpu")
         priors = model.priors(tuple(images.shape[2:]))
-        preds = None
-        if assigner.needs_predictions:
-            with torch.no_grad():
-                preds = model.decode(model(images), tuple(images.shape[2:]))
-        res = assigner.assign(targets, priors, images.shape[0], preds)
+        with torch.no_grad():
+            preds = Predictions(*model.decode(model(images), tuple(images.shape[2:])))
+        res = assigner.assign(targets, priors, preds)
         for b, meta in enumerate(metas):
-            pred_boxes = preds[0][b] if preds is not None else None
-            paths += _draw_image(cfg, images[b], targets, b, res, priors, meta, out_dir, source, pred_boxes)
+            pred_boxes = preds.boxes[b] if assigner.uses_predictions else None
+            paths += _draw_image(cfg, images[b], targets, b, res, priors, meta, out_dir, note, source, pred_boxes)
     logger.info(f"{len(paths)} assignment plots ({assign_method(cfg)}) written to {out_dir}")
     return paths
 
 
-def _method_note(cfg) -> str:
-    method = assign_method(cfg)
-    if method == "task_aligned":
-        return f"{method} top{cfg.assign.topk} a{cfg.assign.alpha} b{cfg.assign.beta}"
-    if method == "ratio_grid":
-        return f"{method} wh ratio<{cfg.assign.anchor_t}"
-    return f"{method} iou>={cfg.assign.match_iou_thres}"
-
-
-def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path, source: str,
+def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path, note: str, source: str,
                 pred_boxes: torch.Tensor | None) -> list[Path]:
     """One PNG per level. Dashed boxes: the anchor boxes of the assigned slots, or, for
     prediction-aware assigners, the boxes the model predicts there (what the assigner scored)."""
@@ -71,7 +62,7 @@ def _draw_image(cfg, image, targets, b, res, priors, meta, out_dir: Path, source
     paths = []
     for lv, stride in enumerate(sorted(set(priors.stride.long().tolist()))):
         m = res.fg_mask[b] & (priors.level == lv)
-        title = (f"{_method_note(cfg)} | stride {stride} | {int(m.sum())} slots for {len(rows)} GTs | "
+        title = (f"{note} | stride {stride} | {int(m.sum())} slots for {len(rows)} GTs | "
                  f"red: no slot on this level{' | ' + source if source else ''}")
         drawn = draw_assignments(img, gt[:, 2:6].numpy(), gt[:, 1].long().numpy(), prior_boxes[m].numpy(),
                                  local[res.gt_index[b][m]].numpy(), cell_boxes[m].numpy(),

@@ -8,14 +8,12 @@ family's own assignment.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from loguru import logger
 
 from configs.base_config import ConfigError
-from models.assigners import assigner_class, build_assigner
+from models.assigners import ASSIGNERS, assigner_class, build_assigner
 from models.backbones import build_backbone
-from models.coders import AnchorCoder, DistanceCoder
+from models.coders import CODERS
 from models.detector import Detector, DetectorBase
 from models.heads.anchor_head import AnchorHead
 from models.layers import scale_channels
@@ -50,19 +48,24 @@ def assign_method(cfg) -> str:
 
 
 def check_assignment(cfg) -> None:
-    """The assigner must suit the head: DFL heads need a distance assigner, anchor heads a grid one."""
-    method = assign_method(cfg)
-    distance = assigner_class(method).coder_mode == "distance"
-    if distance != (model_family(cfg.model.name) == "dfl"):
-        kind = "an anchor-free (DFL) head" if distance else "an anchor-based head"
-        raise ConfigError(f"assign.method={method!r} is made for {kind}, which model.name="
-                          f"{cfg.model.name!r} does not have; use assign.method='auto'")
+    """The method must serve the model's head (``Assigner.coders``) and accept assign.options."""
+    method, family = assign_method(cfg), model_family(cfg.model.name)
+    if family not in assigner_class(method).coders:
+        fits = sorted(m for m, cls in ASSIGNERS.items() if family in cls.coders)
+        raise ConfigError(f"assign.method={method!r} does not train the {family} head of model.name="
+                          f"{cfg.model.name!r}; methods that do: {fits} (or 'auto')")
+    build_assigner(method, cfg.assign.options)
 
 
 def build_assigner_for(cfg):
     """The assigner of cfg, with assign.method 'auto' resolved for the model family."""
     check_assignment(cfg)
-    return build_assigner(dataclasses.replace(cfg.assign, method=assign_method(cfg)))
+    return build_assigner(assign_method(cfg), cfg.assign.options)
+
+
+def coder_for(cfg):
+    """The coder the assignment method needs for the model's head (``Assigner.coders``)."""
+    return CODERS[assigner_class(assign_method(cfg)).coders[model_family(cfg.model.name)]]()
 
 
 def build_yolo(cfg) -> Detector:
@@ -73,18 +76,12 @@ def build_yolo(cfg) -> Detector:
     neck_out = [scale_channels(c, m.channel_sparsity) for c in m.neck_channels]
     neck = build_neck(m.neck, backbone.out_channels, neck_out, m.activation)
     head = AnchorHead(neck_out, cfg.num_classes, len(m.anchors[0]), m.activation, m.obj_bias_prior)
-    coder = AnchorCoder(assigner_class(assign_method(cfg)).coder_mode)
-    return Detector(backbone, neck, head, m.strides, scaled_anchors(m, cfg.data.img_size), coder)
+    return Detector(backbone, neck, head, m.strides, scaled_anchors(m, cfg.data.img_size), coder_for(cfg))
 
 
 def build_graph_net(cfg) -> DetectorBase:
     """A YOLOv9-family network by name; model.pretrained loads full-model weights (see load_pretrained)."""
-    name = cfg.model.name
-    if NETS[name].family == "dfl":
-        coder = DistanceCoder()
-    else:
-        coder = AnchorCoder(assigner_class(assign_method(cfg)).coder_mode)
-    model = build_net(name, cfg.num_classes, coder=coder, aux=cfg.model.aux)
+    model = build_net(cfg.model.name, cfg.num_classes, coder=coder_for(cfg), aux=cfg.model.aux)
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.pretrained)
     return model

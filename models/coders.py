@@ -1,16 +1,11 @@
 """Coders: the one place that turns raw head outputs plus priors into boxes and scores.
 
-``AnchorCoder`` decodes the anchor heads. Raw slot layout: [tx, ty, tw, th, objectness,
-class_0 ... class_{nc-1}] (logits). The centre offset mode follows the assignment method,
-because a slot must be able to reach every GT centre its assigner may give it:
-- "cell"   (single_grid):  centre = (grid + sigmoid(t)) * stride, range: the own cell;
-- "nearby" (nearby_grid):  centre = (grid + 3 * sigmoid(t) - 1) * stride, range: the 3x3 block;
-- "linear" (all_grid):     centre = cell centre + t * anchor size, unbounded;
-- "v7"     (ratio_grid):   centre = (grid + 2 * sigmoid(t) - 0.5) * stride, range: the own cell
-  and half of each neighbour; size = (2 * sigmoid(t))^2 * anchor, at most 4x the anchor
-  (the YOLOv5 / YOLOv7 decode).
-In the other modes sizes are anchor * exp(t), with t clamped so a wild early prediction cannot
-overflow.
+``AnchorCoder`` subclasses decode the anchor heads. Raw slot layout: [tx, ty, tw, th, objectness,
+class_0 ... class_{nc-1}] (logits). The centre decoding follows the assignment method, because a
+slot must be able to reach every GT centre its assigner may give it: ``CellCoder`` (the own
+cell), ``NearbyCoder`` (the 3x3 block), ``LinearCoder`` (unbounded offsets scaled by the anchor),
+``V7Coder`` (the YOLOv5 / YOLOv7 decode). Sizes are anchor * exp(t), t clamped so a wild early
+prediction cannot overflow (V7Coder: up to 4x the anchor).
 
 ``DistanceCoder`` decodes the anchor-free DFL heads (YOLOv9 / GELAN): per slot 4 * reg_max
 box-bin logits, side-major [l_0..l_{R-1}, t_0.., r_0.., b_0..], then the class logits. Each side
@@ -31,32 +26,22 @@ MAX_LOG_WH = math.log(64.0)  # a box may grow to at most 64x its anchor
 
 
 class AnchorCoder:
-    """Decoder of the anchor head. ``mode``: cell | nearby | linear | v7 (see module docstring)."""
+    """Base of the anchor-head coders; a subclass says how a slot's centre (and size) decode."""
 
     has_objectness = True
-    modes = ("cell", "nearby", "linear", "v7")
 
-    def __init__(self, mode: str) -> None:
-        if mode not in self.modes:
-            raise ValueError(f"unknown coder mode {mode!r}; valid: {list(self.modes)}")
-        self.mode = mode
+    def centres(self, t_xy: Tensor, priors: Priors) -> Tensor:
+        """t_xy [B, P, 2] -> box centres [B, P, 2], input pixels."""
+        raise NotImplementedError
+
+    def sizes(self, t_wh: Tensor, priors: Priors) -> Tensor:
+        """t_wh [B, P, 2] -> box sizes [B, P, 2]: anchor * exp(t), t clamped against overflow."""
+        return priors.anchor_wh * t_wh.clamp(max=MAX_LOG_WH).exp()
 
     def decode_boxes(self, raw: Tensor, priors: Priors) -> Tensor:
         """raw: [B, P, D] -> boxes [B, P, 4] xyxy, input pixels."""
-        t_xy, t_wh = raw[..., 0:2], raw[..., 2:4]
-        stride = priors.stride[:, None]
-        if self.mode == "v7":
-            cxcy = (priors.grid_xy + 2.0 * t_xy.sigmoid() - 0.5) * stride
-            wh = (2.0 * t_wh.sigmoid()) ** 2 * priors.anchor_wh
-            return cxcywh_to_xyxy(torch.cat((cxcy, wh), -1))
-        if self.mode == "cell":
-            cxcy = (priors.grid_xy + t_xy.sigmoid()) * stride
-        elif self.mode == "nearby":
-            cxcy = (priors.grid_xy + 3.0 * t_xy.sigmoid() - 1.0) * stride
-        else:
-            cxcy = priors.centers + t_xy * priors.anchor_wh
-        wh = priors.anchor_wh * t_wh.clamp(max=MAX_LOG_WH).exp()
-        return cxcywh_to_xyxy(torch.cat((cxcy, wh), -1))
+        cxcy = self.centres(raw[..., 0:2], priors)
+        return cxcywh_to_xyxy(torch.cat((cxcy, self.sizes(raw[..., 2:4], priors)), -1))
 
     def objectness_logits(self, raw: Tensor) -> Tensor:
         """[B, P, D] -> [B, P] objectness logits."""
@@ -69,6 +54,39 @@ class AnchorCoder:
     def scores(self, raw: Tensor) -> Tensor:
         """[B, P, D] -> [B, P, nc] detection scores: P(object) * P(class | object)."""
         return raw[..., 4:5].sigmoid() * raw[..., 5:].sigmoid()
+
+
+class CellCoder(AnchorCoder):
+    """Centre inside the slot's own cell: (grid + sigmoid(t)) * stride (single_grid)."""
+
+    def centres(self, t_xy: Tensor, priors: Priors) -> Tensor:
+        return (priors.grid_xy + t_xy.sigmoid()) * priors.stride[:, None]
+
+
+class NearbyCoder(AnchorCoder):
+    """Centre inside the 3x3 block around the cell: (grid + 3 * sigmoid(t) - 1) * stride (nearby_grid)."""
+
+    def centres(self, t_xy: Tensor, priors: Priors) -> Tensor:
+        return (priors.grid_xy + 3.0 * t_xy.sigmoid() - 1.0) * priors.stride[:, None]
+
+
+class LinearCoder(AnchorCoder):
+    """Unbounded centre: cell centre + t * anchor size (all_grid, and the methods whose positives
+    may lie several cells from the GT centre)."""
+
+    def centres(self, t_xy: Tensor, priors: Priors) -> Tensor:
+        return priors.centers + t_xy * priors.anchor_wh
+
+
+class V7Coder(AnchorCoder):
+    """The YOLOv5 / YOLOv7 decode (ratio_grid): centre (grid + 2 * sigmoid(t) - 0.5) * stride, the own
+    cell and half of each neighbour; size (2 * sigmoid(t))^2 * anchor, at most 4x the anchor."""
+
+    def centres(self, t_xy: Tensor, priors: Priors) -> Tensor:
+        return (priors.grid_xy + 2.0 * t_xy.sigmoid() - 0.5) * priors.stride[:, None]
+
+    def sizes(self, t_wh: Tensor, priors: Priors) -> Tensor:
+        return (2.0 * t_wh.sigmoid()) ** 2 * priors.anchor_wh
 
 
 class DistanceCoder:
@@ -106,4 +124,6 @@ class DistanceCoder:
         return self.class_logits(raw).sigmoid()
 
 
-CODERS = {"anchor": AnchorCoder, "distance": DistanceCoder}
+# Assigners name the coder their slots need (``Assigner.coders``); the model builder makes it from here.
+CODERS = {"cell": CellCoder, "nearby": NearbyCoder, "linear": LinearCoder, "v7": V7Coder,
+          "distance": DistanceCoder}

@@ -1,22 +1,18 @@
-"""Assigner registry. Adding a method = one file + one entry here.
-
-``build_assigner`` gives each class the AssignCfg fields named like its constructor
-parameters, so a method's options are declared once, in its own signature.
-"""
+"""Assigner registry. Adding a method = one file (see ``base.Assigner``) + one entry here."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import difflib
 
 from configs.base_config import ConfigError
 from models.assigners.all_grid import AllGridAssigner
-from models.assigners.base import AssignResult, BaseAssigner
+from models.assigners.base import Assigner, AssignResult, Predictions, blank_predictions
 from models.assigners.nearby_grid import NearbyGridAssigner
 from models.assigners.ratio_grid import RatioGridAssigner
 from models.assigners.single_grid import SingleGridAssigner
 from models.assigners.task_aligned import TaskAlignedAssigner
 
-ASSIGNERS = {
+ASSIGNERS: dict[str, type[Assigner]] = {
     "single_grid": SingleGridAssigner,
     "nearby_grid": NearbyGridAssigner,
     "all_grid": AllGridAssigner,
@@ -25,22 +21,43 @@ ASSIGNERS = {
 }
 
 
-def assigner_class(method: str) -> type[BaseAssigner]:
+def assigner_class(method: str) -> type[Assigner]:
     """The registered class of ``method``; a ConfigError lists the valid names."""
     if method not in ASSIGNERS:
         raise ConfigError(f"unknown assign.method {method!r}; valid: {sorted(ASSIGNERS)}")
     return ASSIGNERS[method]
 
 
-def build_assigner(assign_cfg) -> BaseAssigner:
-    """From configs.base_config.AssignCfg: the class of ``method`` with its own fields."""
-    cls = assigner_class(assign_cfg.method)
-    params = inspect.signature(cls).parameters
-    kwargs = {f.name: getattr(assign_cfg, f.name) for f in dataclasses.fields(assign_cfg) if f.name in params}
+def build_assigner(method: str, options: dict) -> Assigner:
+    """``method`` with ``options`` (``assign.options``: names of its Options, unset ones keep their
+    defaults). Unknown names, wrong types and invalid values are ConfigErrors naming the method."""
+    cls = assigner_class(method)
+    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    for key, value in options.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"assign.options: {method} has no option {key!r}{hint} (its options: "
+                              f"{sorted(fields) or 'none'})")
+        if not _fits(value, fields[key].default):
+            default = fields[key].default
+            raise ConfigError(f"assign.options[{key!r}] of {method}: expected {type(default).__name__} (like "
+                              f"{default!r}), got {value!r}")
+    values = {k: float(v) if isinstance(fields[k].default, float) else v for k, v in options.items()}
     try:
-        return cls(**kwargs)
-    except ValueError as e:  # a bad option value: name the config section
-        raise ConfigError(f"assign (method {assign_cfg.method!r}): {e}") from None
+        return cls(**values)
+    except ValueError as e:
+        raise ConfigError(f"assign.options of {method}: {e}") from None
 
 
-__all__ = ["ASSIGNERS", "AssignResult", "BaseAssigner", "assigner_class", "build_assigner"]
+def _fits(value, default) -> bool:
+    """Whether ``value`` may set an option whose default is ``default`` (an int may set a float)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+__all__ = ["ASSIGNERS", "AssignResult", "Assigner", "Predictions", "assigner_class", "blank_predictions",
+           "build_assigner"]

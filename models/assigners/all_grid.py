@@ -9,7 +9,9 @@ from models.priors import Priors
 
 
 class AllGridAssigner(GridIoUAssigner):
-    coder_mode = "linear"
+    """Candidates: every slot; unbounded centre offsets (scaled by the anchor) reach any GT."""
+
+    coders = {"anchor": "linear"}
 
     def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
         return torch.ones(gt_xyxy.shape[0], len(priors), dtype=torch.bool, device=gt_xyxy.device)

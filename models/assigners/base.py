@@ -1,13 +1,46 @@
-"""The assigner interface and the IoU-matching core shared by the grid methods."""
+"""The assigner contract and the IoU-matching core shared by the grid methods.
+
+An assigner decides which prediction slots learn which GT box. Every method is one class in
+its own file, registered by name in ``models.assigners.ASSIGNERS``. A method declares:
+
+- ``Options``: a small dataclass of its options with their defaults; invalid values raise
+  ValueError in ``__post_init__``. Configs give them as ``assign.options`` (a dict by name);
+- ``coders``: the heads it can train, each with the coder its slots decode with (a name of
+  ``models.coders.CODERS``): ``{"anchor": "nearby"}``, ``{"dfl": "distance"}``, or both;
+- ``uses_predictions``: whether the model's own boxes and scores change the assignment;
+- ``describe()``: its settings in one line, for the debug plots.
+
+``assign(targets, priors, preds) -> AssignResult``. Every loss passes ``preds``, the detached
+decoded predictions; a method may ignore them.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from models.priors import Priors
 from utils.boxes import box_iou
+
+
+class Predictions(NamedTuple):
+    """Detached decoded predictions of one branch: boxes [B, P, 4] xyxy input pixels, scores
+    [B, P, nc] detection scores in [0, 1] (the head's own: obj * cls for the anchor head)."""
+
+    boxes: Tensor
+    scores: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.boxes.shape[0]
+
+
+def blank_predictions(batch_size: int, num_priors: int, num_classes: int = 1) -> Predictions:
+    """All-zero predictions, for methods that do not look at them (tests, plots)."""
+    return Predictions(torch.zeros(batch_size, num_priors, 4), torch.zeros(batch_size, num_priors, num_classes))
 
 
 @dataclass
@@ -18,7 +51,7 @@ class AssignResult:
     gt_index: [B, P] long, row of ``targets`` assigned to the slot (-1 where background).
     target_boxes: [B, P, 4] xyxy input pixels (zeros where background).
     target_labels: [B, P] long class (-1 where background).
-    target_scores: [B, P] float, matching quality in [0, 1] (the prior IoU for grid methods).
+    target_scores: [B, P] float, matching quality in [0, 1] (0 where background).
     """
 
     fg_mask: Tensor
@@ -32,22 +65,52 @@ class AssignResult:
         return int(self.fg_mask.sum())
 
 
-class BaseAssigner:
-    """assign(targets, priors, batch_size, preds=None) -> AssignResult.
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options."""
+
+
+class Assigner:
+    """Base class: ``cls(**options)`` builds ``Options(**options)`` (defaults for the rest).
 
     targets: [N, 6] (batch_idx, cls, x1, y1, x2, y2), input pixels; rows with cls < 0 are
-    ignore regions and are never assigned. ``coder_mode`` names the decoding the method needs.
+    ignore regions and are never assigned.
     """
 
-    coder_mode: str = ""
-    needs_predictions: bool = False
+    Options: ClassVar[type] = NoOptions
+    coders: ClassVar[dict[str, str]] = {}
+    uses_predictions: ClassVar[bool] = False
 
-    def assign(self, targets: Tensor, priors: Priors, batch_size: int,
-               preds: Tensor | None = None) -> AssignResult:
+    def __init__(self, **options) -> None:
+        self.opt = self.Options(**options)
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Options)]
+
+    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """The method's settings in one short line, for the debug plot titles (after its name)."""
+        return " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.opt).items())
 
-class GridIoUAssigner(BaseAssigner):
+
+# -- grid IoU matching -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridOptions:
+    """Options of the grid methods (single_grid, nearby_grid, all_grid)."""
+
+    match_iou_thres: float = 0.0625  # a candidate prior matches a GT when IoU(its anchor box, GT) >= this
+    filter_by_max_iou: bool = True  # a slot claimed by several GTs keeps the GT of highest IoU (else the last GT)
+    ensure_one_match: bool = True  # a GT with no match above the threshold still gets its best candidate
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.match_iou_thres <= 1.0:
+            raise ValueError(f"match_iou_thres={self.match_iou_thres} must be in [0, 1]")
+
+
+class GridIoUAssigner(Assigner):
     """IoU matching of GT boxes with anchor boxes placed at candidate cells.
 
     A subclass only says which cells are candidates (``candidates``). A (GT, prior) pair
@@ -57,21 +120,22 @@ class GridIoUAssigner(BaseAssigner):
     keeps the GT of highest IoU; without it, the GT listed last in ``targets`` keeps it.
     """
 
-    def __init__(self, match_iou_thres: float = 0.0625, filter_by_max_iou: bool = True,
-                 ensure_one_match: bool = True) -> None:
-        self.match_iou_thres = match_iou_thres
-        self.filter_by_max_iou = filter_by_max_iou
-        self.ensure_one_match = ensure_one_match
+    Options = GridOptions
+
+    def matching(self) -> tuple[float, bool, bool]:
+        """(match_iou_thres, filter_by_max_iou, ensure_one_match) of this method."""
+        return self.opt.match_iou_thres, self.opt.filter_by_max_iou, self.opt.ensure_one_match
 
     def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
         """gt_xyxy: [G, 4] -> [G, P] bool, which priors may take each GT."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, batch_size: int,
-               preds: Tensor | None = None) -> AssignResult:
+    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
+        thres, filter_by_max_iou, ensure_one_match = self.matching()
+        batch_size = preds.batch_size
         device, num_p = targets.device, len(priors)
-        result = _empty_result(batch_size, num_p, device)
+        result = empty_result(batch_size, num_p, device)
         gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)
         if gt_rows.numel() == 0:
             return result
@@ -79,23 +143,24 @@ class GridIoUAssigner(BaseAssigner):
         iou = box_iou(gt[:, 2:6], priors.boxes())  # [G, P]
         cand = self.candidates(gt[:, 2:6], priors)
         iou = torch.where(cand, iou, torch.full_like(iou, -1.0))
-        match = iou >= self.match_iou_thres
-        if self.ensure_one_match:
+        match = iou >= thres
+        if ensure_one_match:
             lonely = ~match.any(1)
             best = iou.argmax(1)
             match[lonely, best[lonely]] = cand[lonely, best[lonely]]
         g_idx, p_idx = torch.nonzero(match, as_tuple=True)
         slot = gt[g_idx, 0].long() * num_p + p_idx  # flat index into [B * P]
         pair_iou = iou[g_idx, p_idx]
-        win = _resolve_conflicts(slot, pair_iou if self.filter_by_max_iou else g_idx.float(),
-                                 g_idx, batch_size * num_p)
+        win = resolve_conflicts(slot, pair_iou if filter_by_max_iou else g_idx.float(),
+                                g_idx, batch_size * num_p)
         slot, g_idx, pair_iou = slot[win], g_idx[win], pair_iou[win]
-        _fill(result, slot, gt_rows[g_idx], gt[g_idx], pair_iou.clamp(0, 1))
+        fill(result, slot, gt_rows[g_idx], gt[g_idx], pair_iou.clamp(0, 1))
         return result
 
 
-def _resolve_conflicts(slot: Tensor, key: Tensor, g_idx: Tensor, num_slots: int) -> Tensor:
-    """Bool mask over pairs keeping, per slot, the pair of highest key (ties: highest GT index)."""
+def resolve_conflicts(slot: Tensor, key: Tensor, g_idx: Tensor, num_slots: int) -> Tensor:
+    """Bool mask over (GT, slot) pairs keeping, per slot, the pair of highest ``key`` (ties: the
+    highest GT index)."""
     best = torch.full((num_slots,), -2.0, device=key.device).scatter_reduce(0, slot, key, "amax")
     cand = key == best[slot]
     g_key = torch.where(cand, g_idx, torch.full_like(g_idx, -1))
@@ -104,7 +169,8 @@ def _resolve_conflicts(slot: Tensor, key: Tensor, g_idx: Tensor, num_slots: int)
     return cand & (g_idx == best_g[slot])
 
 
-def _empty_result(batch_size: int, num_p: int, device: torch.device) -> AssignResult:
+def empty_result(batch_size: int, num_p: int, device: torch.device) -> AssignResult:
+    """An AssignResult with no positive."""
     return AssignResult(
         fg_mask=torch.zeros(batch_size, num_p, dtype=torch.bool, device=device),
         gt_index=torch.full((batch_size, num_p), -1, dtype=torch.long, device=device),
@@ -113,8 +179,9 @@ def _empty_result(batch_size: int, num_p: int, device: torch.device) -> AssignRe
         target_scores=torch.zeros(batch_size, num_p, device=device))
 
 
-def _fill(result: AssignResult, slot: Tensor, rows: Tensor, gt: Tensor, score: Tensor) -> None:
-    """Write assigned pairs (unique slots) into the flat views of ``result``."""
+def fill(result: AssignResult, slot: Tensor, rows: Tensor, gt: Tensor, score: Tensor) -> None:
+    """Write assigned pairs (unique flat slots b * P + p, their ``targets`` rows and GT rows
+    [n, 6], their scores) into ``result``."""
     result.fg_mask.view(-1)[slot] = True
     result.gt_index.view(-1)[slot] = rows
     result.target_boxes.view(-1, 4)[slot] = gt[:, 2:6]

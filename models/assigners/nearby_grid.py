@@ -9,7 +9,9 @@ from models.priors import Priors
 
 
 class NearbyGridAssigner(GridIoUAssigner):
-    coder_mode = "nearby"
+    """Candidates: the 3x3 cells around the centre cell; the slots decode centres within that block."""
+
+    coders = {"anchor": "nearby"}
 
     def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
         return ((centre_cells(gt_xyxy, priors) - priors.grid_xy[None]).abs() <= 1).all(-1)

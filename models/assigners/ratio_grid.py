@@ -9,12 +9,23 @@ reaches the GT from all three cells, which is why anchor_t = 4 pairs with it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from models.assigners.base import GridIoUAssigner
 from models.assigners.single_grid import centre_cells
 from models.priors import Priors
+
+
+@dataclass(frozen=True)
+class RatioGridOptions:
+    anchor_t: float = 4.0  # an anchor matches a GT when every side ratio (both ways) is below this
+
+    def __post_init__(self) -> None:
+        if self.anchor_t <= 1.0:
+            raise ValueError(f"anchor_t={self.anchor_t} must be > 1 (a ratio bound)")
 
 
 class RatioGridAssigner(GridIoUAssigner):
@@ -24,19 +35,18 @@ class RatioGridAssigner(GridIoUAssigner):
     at its cell centre); the target score of a positive is that IoU.
     """
 
-    coder_mode = "v7"
+    Options = RatioGridOptions
+    coders = {"anchor": "v7"}
 
-    def __init__(self, anchor_t: float = 4.0) -> None:
-        if anchor_t <= 1.0:
-            raise ValueError(f"assign.anchor_t must be > 1 (a ratio bound), got {anchor_t}")
-        # Every candidate matches (IoU >= 0); a GT whose shape fits no anchor stays unassigned.
-        super().__init__(match_iou_thres=0.0, filter_by_max_iou=True, ensure_one_match=False)
-        self.anchor_t = anchor_t
+    def matching(self) -> tuple[float, bool, bool]:
+        # Every candidate matches (IoU >= 0), conflicts keep the highest IoU, and a GT whose shape
+        # fits no anchor stays unassigned.
+        return 0.0, True, False
 
     def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
         wh = (gt_xyxy[:, 2:] - gt_xyxy[:, :2]).clamp(min=1e-6)
         ratio = wh[:, None] / priors.anchor_wh[None]  # [G, P, 2]
-        shape_ok = torch.maximum(ratio, 1.0 / ratio).amax(-1) < self.anchor_t
+        shape_ok = torch.maximum(ratio, 1.0 / ratio).amax(-1) < self.opt.anchor_t
 
         centre = (gt_xyxy[:, None, :2] + gt_xyxy[:, None, 2:]) / 2 / priors.stride[None, :, None]
         frac = centre - centre.floor()  # position inside the centre cell, per axis

@@ -17,7 +17,9 @@ def centre_cells(gt_xyxy: Tensor, priors: Priors) -> Tensor:
 
 
 class SingleGridAssigner(GridIoUAssigner):
-    coder_mode = "cell"
+    """Candidates: the cell holding the GT centre; its slots decode their centre inside that cell."""
+
+    coders = {"anchor": "cell"}
 
     def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
         return (centre_cells(gt_xyxy, priors) == priors.grid_xy[None]).all(-1)

@@ -16,40 +16,45 @@ of the image), which gives the dense formulation's result at a fraction of its c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from models.assigners.base import AssignResult, BaseAssigner, _empty_result
+from models.assigners.base import Assigner, AssignResult, Predictions, empty_result
 from models.priors import Priors
 from utils.boxes import bbox_iou
 
 INSIDE_EPS = 1e-9  # an anchor point is a candidate when its smallest distance to a GT side exceeds this
+EPS = 1e-9  # keeps the soft-score ratio finite when a GT's best alignment is 0
 
 
-class TaskAlignedAssigner(BaseAssigner):
-    """assign(targets, priors, batch_size, preds=(pred_boxes [B, P, 4] xyxy px, pred_scores [B, P, nc]))."""
+@dataclass(frozen=True)
+class TaskAlignedOptions:
+    topk: int = 10  # anchors each GT takes: the best-aligned of those inside its box
+    alpha: float = 0.5  # exponent of the class score in the alignment s^alpha * CIoU^beta
+    beta: float = 6.0  # exponent of the CIoU in the alignment
 
-    coder_mode = "distance"
-    needs_predictions = True
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise ValueError(f"topk={self.topk} must be >= 1")
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError(f"alpha={self.alpha} and beta={self.beta} must not be negative")
 
-    def __init__(self, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9,
-                 num_classes: int | None = None) -> None:
-        if topk < 1:
-            raise ValueError(f"assign.topk must be >= 1, got {topk}")
-        self.topk, self.alpha, self.beta, self.eps = topk, alpha, beta, eps
-        self.num_classes = num_classes
+
+class TaskAlignedAssigner(Assigner):
+    """assign(targets, priors, Predictions(boxes [B, P, 4] xyxy px, scores [B, P, nc]))."""
+
+    Options = TaskAlignedOptions
+    coders = {"dfl": "distance"}
+    uses_predictions = True
 
     @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, batch_size: int,
-               preds: tuple[Tensor, Tensor] | None = None) -> AssignResult:
-        if preds is None:
-            raise ValueError("TaskAlignedAssigner needs preds=(pred_boxes, pred_scores) of the model")
-        pred_boxes, pred_scores = preds[0].float(), preds[1].float()
-        nc = pred_scores.shape[-1]
-        if self.num_classes is not None and nc != self.num_classes:
-            raise ValueError(f"pred_scores has {nc} classes, the assigner was built for {self.num_classes}")
+    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
+        pred_boxes, pred_scores = preds.boxes.float(), preds.scores.float()
+        nc, batch_size = pred_scores.shape[-1], preds.batch_size
         device, num_p = targets.device, len(priors)
-        result = _empty_result(batch_size, num_p, device)
+        result = empty_result(batch_size, num_p, device)
         gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)  # ignore regions are not GTs
         if gt_rows.numel() == 0 or num_p == 0:
             return result
@@ -71,7 +76,7 @@ class TaskAlignedAssigner(BaseAssigner):
         align = torch.zeros(in_gt.shape, dtype=torch.float32, device=device)
         align[b, g, p] = t
 
-        k = min(self.topk, num_p)
+        k = min(self.opt.topk, num_p)
         in_topk = torch.zeros_like(in_gt).scatter_(-1, align.topk(k, dim=-1).indices, True)
         pos = in_topk & in_gt  # [B, G, P]; in_gt already excludes padding GTs
         b, g, p = torch.nonzero(pos, as_tuple=True)  # the positives, as (image, GT, anchor) triples
@@ -97,7 +102,7 @@ class TaskAlignedAssigner(BaseAssigner):
         zeros = torch.zeros(in_gt.shape[0] * in_gt.shape[1], dtype=torch.float32, device=device)
         max_t = zeros.scatter_reduce(0, gt_flat, t, "amax")
         max_u = zeros.scatter_reduce(0, gt_flat, u, "amax")
-        soft_pos = t * max_u[gt_flat] / (max_t[gt_flat] + self.eps)
+        soft_pos = t * max_u[gt_flat] / (max_t[gt_flat] + EPS)
 
         fg = torch.zeros(batch_size, num_p, dtype=torch.bool, device=device)
         fg[b, p] = True
@@ -115,7 +120,7 @@ class TaskAlignedAssigner(BaseAssigner):
 
     def _align(self, cls_score: Tensor, overlap: Tensor) -> Tensor:
         """Task alignment t = s^alpha * u^beta (element-wise)."""
-        return cls_score.pow(self.alpha) * overlap.pow(self.beta)
+        return cls_score.pow(self.opt.alpha) * overlap.pow(self.opt.beta)
 
 
 def _pad_per_image(targets: Tensor, gt_rows: Tensor, batch_size: int

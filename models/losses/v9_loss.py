@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.assigners.base import BaseAssigner
+from models.assigners.base import Assigner, Predictions
 from models.priors import Priors
 from utils.boxes import bbox_iou
 
@@ -34,10 +34,7 @@ class V9Loss:
     -> (total, {"box", "cls", "dfl"} of the main branch [+ "aux": the aux branch's weighted total]).
     """
 
-    def __init__(self, loss_cfg, assigner: BaseAssigner, coder, num_classes: int) -> None:
-        if not assigner.needs_predictions or assigner.coder_mode != "distance":
-            raise ValueError(f"V9Loss needs a distance assigner that scores predictions (task_aligned), "
-                             f"got {type(assigner).__name__}")
+    def __init__(self, loss_cfg, assigner: Assigner, coder, num_classes: int) -> None:
         self.cfg = loss_cfg
         self.assigner = assigner
         self.coder = coder
@@ -62,8 +59,7 @@ class V9Loss:
         """Unweighted (box, cls, dfl) of one branch, each already divided by its S."""
         boxes = self.coder.decode_boxes(raw, priors)  # [B, P, 4] pixels
         cls_logits = self.coder.class_logits(raw)  # [B, P, nc]
-        res = self.assigner.assign(targets, priors, raw.shape[0],
-                                   (boxes.detach(), cls_logits.detach().sigmoid()))
+        res = self.assigner.assign(targets, priors, Predictions(boxes.detach(), cls_logits.detach().sigmoid()))
         fg, w = res.fg_mask, res.target_scores  # w is 0 on background
         norm = w.sum().clamp(min=1.0)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.assigners.base import AssignResult, BaseAssigner
+from models.assigners.base import Assigner, AssignResult, Predictions
 from models.detector import main_output
 from models.priors import Priors
 from utils.boxes import bbox_iou, box_iou
@@ -30,7 +30,7 @@ def focal_bce(logits: Tensor, targets: Tensor, gamma: float) -> Tensor:
 class YoloAnchorLoss:
     """__call__(raw [B, P, D], targets [N, 6], priors) -> (total, {name: detached scalar})."""
 
-    def __init__(self, loss_cfg, assigner: BaseAssigner, coder, num_classes: int) -> None:
+    def __init__(self, loss_cfg, assigner: Assigner, coder, num_classes: int) -> None:
         self.cfg = loss_cfg
         self.assigner = assigner
         self.coder = coder
@@ -38,9 +38,8 @@ class YoloAnchorLoss:
 
     def __call__(self, raw: Tensor, targets: Tensor, priors: Priors) -> tuple[Tensor, dict]:
         raw = main_output(raw).float()
-        batch = raw.shape[0]
-        res = self.assigner.assign(targets, priors, batch)
         boxes = self.coder.decode_boxes(raw, priors)  # [B, P, 4]
+        res = self.assigner.assign(targets, priors, Predictions(boxes.detach(), self.coder.scores(raw).detach()))
         fg = res.fg_mask
         norm = max(res.num_fg, 1)
         iou = bbox_iou(boxes[fg], res.target_boxes[fg], self.cfg.box)  # [F]

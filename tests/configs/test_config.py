@@ -19,8 +19,8 @@ def test_load_by_name_and_path_give_the_same_config():
 
 def test_voc_recipe():
     c = load_config("voc_yolo_r18").validate()
-    assert (c.assign.match_iou_thres, c.assign.filter_by_max_iou, c.loss.box, c.loss.focal_gamma,
-            c.optim.name, c.train.ema, c.train.epochs) == (0.0625, True, "ciou", 3.5, "adam", True, 400)
+    assert (c.assign.options, c.loss.box, c.loss.focal_gamma, c.optim.name, c.train.ema, c.train.epochs) == (
+        {"match_iou_thres": 0.0625, "filter_by_max_iou": True}, "ciou", 3.5, "adam", True, 400)
     assert c.data.train_sets == ["VOC2007/trainval", "VOC2012/trainval"] and c.data.val_sets == ["VOC2007/test"]
     assert len(c.data.class_names) == 20
 
@@ -48,7 +48,9 @@ def test_bad_overrides_name_the_key(text, message):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("assign.match_iou_thres=1.5", "assign.match_iou_thres"),
+    ("assign.options={'match_iou_thres': 1.5}", r"assign.options of nearby_grid: match_iou_thres=1.5 must be"),
+    ("assign.options={'topk': 3}", r"nearby_grid has no option 'topk'"),
+    ("assign.options=3", r"assign.options: expected dict"),
     ("data.img_size=400", "multiple of"),
     ("loss.box='l1'", "loss.box"),
     ("data.class_names=['a','a']", "duplicates"),
@@ -111,8 +113,22 @@ def test_from_dict_of_an_older_version_skips_removed_keys_with_a_warning():
 def test_coco_v9_recipes_carry_the_original_defaults(size):
     c = load_config(f"coco_v9{size}").validate()
     assert c.name == f"coco_v9{size}" and c.model.name == f"v9-{size}" and c.data.format == "coco"
-    assert (c.assign.topk, c.assign.alpha, c.assign.beta) == (10, 0.5, 6.0)
+    assert (c.assign.method, c.assign.options) == ("task_aligned", {"topk": 10, "alpha": 0.5, "beta": 6.0})
     assert (c.loss.box_weight, c.loss.cls_weight, c.loss.dfl_weight, c.loss.aux_weight) == (7.5, 0.5, 1.5, 0.25)
     assert (c.optim.name, c.optim.momentum, c.optim.nominal_batch, c.sched.name) == ("sgd", 0.937, 64, "linear")
     assert (c.aug.mosaic_prob, c.aug.mixup_prob, c.aug.close_mosaic_epochs, c.aug.scale) == (1.0, 0.15, 15, (0.1, 1.9))
     assert (c.train.epochs, c.data.img_size, len(c.data.class_names)) == (500, 640, 80)
+
+
+def test_version_1_configs_migrate_their_assign_fields():
+    """Checkpoints of the previous layout: flat assign.* options; changed values move into options."""
+    v1 = load_config("bccd_v9t").to_dict()
+    del v1["version"]
+    v1["assign"] = {"method": "task_aligned", "match_iou_thres": 0.0625, "filter_by_max_iou": True,
+                    "ensure_one_match": True, "topk": 13, "alpha": 0.5, "beta": 6.0, "anchor_t": 4.0}
+    c = BaseConfig.from_dict(v1, strict=False).validate()
+    assert (c.assign.method, c.assign.options) == ("task_aligned", {"topk": 13})
+    assert c.to_dict()["version"] == 2
+    newer = {**c.to_dict(), "version": 3}
+    with pytest.raises(ConfigError, match="newer version of this repo \\(config version 3; this one reads up to 2"):
+        BaseConfig.from_dict(newer)

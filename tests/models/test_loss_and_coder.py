@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from configs.base_config import LossCfg
-from models.assigners import ASSIGNERS
-from models.coders import AnchorCoder
+from models.assigners import ASSIGNERS, blank_predictions
+from models.coders import CODERS
 from models.losses import YoloAnchorLoss, focal_bce
 from models.postprocess import postprocess
 from models.priors import make_priors
@@ -28,28 +28,23 @@ def inverse_sigmoid(x):
 def test_coder_zero_logits_and_ranges(mode):
     p = priors()
     raw = torch.zeros(1, len(p), 7)
-    boxes = AnchorCoder(mode).decode_boxes(raw, p)[0]
+    boxes = CODERS[mode]().decode_boxes(raw, p)[0]
     wh = boxes[:, 2:] - boxes[:, :2]
     assert torch.allclose(wh, p.anchor_wh)  # exp(0) = 1: anchor size
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     offset = {"cell": 0.5, "nearby": 0.5, "linear": 0.5}[mode]  # sigmoid(0)=.5: 3*.5-1 = .5 too
     assert torch.allclose(centre, (p.grid_xy + offset) * p.stride[:, None])
-    big = AnchorCoder(mode).decode_boxes(torch.full((1, len(p), 7), 50.0), p)[0]
+    big = CODERS[mode]().decode_boxes(torch.full((1, len(p), 7), 50.0), p)[0]
     if mode != "linear":  # bounded modes cannot leave their neighbourhood
         reach = {"cell": 1.0, "nearby": 2.0}[mode]
         assert (((big[:, :2] + big[:, 2:]) / 2) <= (p.grid_xy + reach) * p.stride[:, None] + 1e-4).all()
     assert torch.isfinite(big).all()
 
 
-def test_coder_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="valid"):
-        AnchorCoder("bogus")
-
-
 def make_loss(method="nearby_grid", **kw):
     cfg = LossCfg(level_weights=[1.0, 1.0], **kw)
     a = ASSIGNERS[method]()
-    return YoloAnchorLoss(cfg, a, AnchorCoder(a.coder_mode), num_classes=2)
+    return YoloAnchorLoss(cfg, a, CODERS[a.coders["anchor"]](), num_classes=2)
 
 
 def test_no_gt_gives_finite_loss_with_zero_box_and_class_terms():
@@ -80,7 +75,7 @@ def test_perfect_boxes_give_zero_box_loss_and_gradients_are_finite():
     gt = [8.0, 8.0, 16.0, 16.0]
     t = torch.tensor([[0, 1, *gt]])
     raw = perfect_raw(p, gt, 1, "nearby")
-    res = ASSIGNERS["nearby_grid"]().assign(t, p, 1)
+    res = ASSIGNERS["nearby_grid"]().assign(t, p, blank_predictions(1, len(p)))
     raw[0, res.fg_mask[0], 4] = 20.0  # objectness 1 where assigned (IoU target 1)
     raw[0, res.fg_mask[0], 6] = 20.0  # class 1
     raw.requires_grad_(True)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from models.assigners import ASSIGNERS
-from models.coders import AnchorCoder
+from models.assigners import ASSIGNERS, blank_predictions
+from models.coders import V7Coder
 from models.priors import make_priors
 from utils.boxes import box_iou
 
@@ -32,30 +32,30 @@ def slots(res, b=0):
 
 def test_shape_ratio_filter_is_strict():
     # 10x10: ratio 1.25 to the 8 anchor, 1.6 to 16, exactly 4.0 to 40 (rejected), 6.4 to 64.
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), blank_predictions(1, len(priors())))
     assert {(lv, a) for lv, _, _, a in slots(r)} == {(0, 0), (1, 0)}
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10.5, 10.5)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10.5, 10.5)]), priors(), blank_predictions(1, len(priors())))
     assert {(lv, a) for lv, _, _, a in slots(r)} == {(0, 0), (0, 1), (1, 0)}  # 40 / 10.5 = 3.81
-    r = ASSIGNERS["ratio_grid"](anchor_t=1.5).assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"](anchor_t=1.5).assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), blank_predictions(1, len(priors())))
     assert {(lv, a) for lv, _, _, a in slots(r)} == {(0, 0)}
     # every side counts: 4x16 against the 16 anchor has a width ratio of 4 although the heights match
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 4, 16)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 4, 16)]), priors(), blank_predictions(1, len(priors())))
     assert {(lv, a) for lv, _, _, a in slots(r)} == {(0, 0)}
-    assert ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(30, 30, 1, 60)]), priors(), 1).num_fg == 0
+    assert ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(30, 30, 1, 60)]), priors(), blank_predictions(1, len(priors()))).num_fg == 0
 
 
 def test_centre_cell_and_the_two_nearest_neighbours():
     # Centre (13, 27): stride 8 -> (1.625, 3.375): cell (1, 3), right half in x, upper half in y.
     #                  stride 16 -> (0.8125, 1.6875): cell (0, 1), right half in x, lower half in y.
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(13, 27, 10, 10)]), priors(), blank_predictions(1, len(priors())))
     assert {(c, rw) for lv, c, rw, _ in slots(r) if lv == 0} == {(1, 3), (2, 3), (1, 2)}
     assert {(c, rw) for lv, c, rw, _ in slots(r) if lv == 1} == {(0, 1), (1, 1), (0, 2)}
 
 
 def test_neighbours_off_the_map_are_dropped():
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(3, 3, 6, 6)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(3, 3, 6, 6)]), priors(), blank_predictions(1, len(priors())))
     assert slots(r) == {(0, 0, 0, 0), (1, 0, 0, 0)}  # upper-left halves of the corner cells
-    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(61, 3, 6, 6)]), priors(), 1)
+    r = ASSIGNERS["ratio_grid"]().assign(targets([0, 0, *box(61, 3, 6, 6)]), priors(), blank_predictions(1, len(priors())))
     assert {(c, rw) for lv, c, rw, _ in slots(r) if lv == 0} == {(7, 0)}  # right half of the last column
 
 
@@ -63,7 +63,7 @@ def test_conflict_keeps_the_gt_of_highest_anchor_iou_and_scores_are_that_iou():
     # Both GTs are centred in cell (1, 1) of stride 8; the 8x8 anchor there fits the 8x8 GT best.
     t = targets([0, 0, *box(12, 12, 8, 8)], [0, 1, *box(12.5, 12.5, 12, 12)])
     p = priors()
-    r = ASSIGNERS["ratio_grid"]().assign(t, p, 1)
+    r = ASSIGNERS["ratio_grid"]().assign(t, p, blank_predictions(1, len(p)))
     at_cell = (p.grid_xy == torch.tensor([1.0, 1.0])).all(1)
     i = int(torch.nonzero((p.level == 0) & at_cell & (p.anchor_idx == 0)))
     assert r.gt_index[0, i] == 0 and r.target_labels[0, i] == 0
@@ -74,7 +74,7 @@ def test_conflict_keeps_the_gt_of_highest_anchor_iou_and_scores_are_that_iou():
 
 def test_v7_decode_zero_logits_and_range():
     p = priors()
-    coder = AnchorCoder("v7")
+    coder = V7Coder()
     zero = coder.decode_boxes(torch.zeros(1, len(p), 7), p)[0]
     assert torch.allclose((zero[:, :2] + zero[:, 2:]) / 2, p.centers)  # 2 * 0.5 - 0.5 = 0.5
     assert torch.allclose(zero[:, 2:] - zero[:, :2], p.anchor_wh)  # (2 * 0.5)^2 = 1
@@ -91,7 +91,7 @@ def test_v7_decode_reaches_the_gt_from_every_assigned_slot():
     c = torch.rand(20, 2) * 60 + 2
     wh = torch.rand(20, 2) * 40 + 3
     t = torch.cat((torch.zeros(20, 1), torch.randint(0, 2, (20, 1)).float(), c - wh / 2, c + wh / 2), 1)
-    res = ASSIGNERS["ratio_grid"]().assign(t, p, 1)
+    res = ASSIGNERS["ratio_grid"]().assign(t, p, blank_predictions(1, len(p)))
     fg = res.fg_mask[0]
     assert res.num_fg >= 20
     gt = res.target_boxes[0, fg]
@@ -101,7 +101,7 @@ def test_v7_decode_reaches_the_gt_from_every_assigned_slot():
     assert ((s_xy > 0) & (s_xy < 1)).all() and ((s_wh > 0) & (s_wh < 1)).all()
     raw = torch.zeros(1, len(p), 7)
     raw[0, fg, 0:2], raw[0, fg, 2:4] = torch.logit(s_xy.double()).float(), torch.logit(s_wh.double()).float()
-    decoded = AnchorCoder("v7").decode_boxes(raw, p)[0, fg]
+    decoded = V7Coder().decode_boxes(raw, p)[0, fg]
     assert torch.allclose(decoded, gt, atol=1e-3)
 
 

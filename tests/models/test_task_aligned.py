@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from configs.base_config import AssignCfg, ConfigError
-from models.assigners import ASSIGNERS, build_assigner
+from configs.base_config import ConfigError
+from models.assigners import ASSIGNERS, Predictions, build_assigner
 from models.assigners.task_aligned import TaskAlignedAssigner
 from models.priors import make_priors
 
@@ -29,7 +29,7 @@ def preds(batch=1, scores=0.5, boxes=None):
     p = priors()
     if boxes is None:
         boxes = torch.cat((p.centers - 4, p.centers + 4), -1)[None].repeat(batch, 1, 1)
-    return boxes.clone(), torch.full((batch, len(p), NC), scores)
+    return Predictions(boxes.clone(), torch.full((batch, len(p), NC), scores))
 
 
 def test_topk_keeps_the_k_best_aligned_candidates_with_normalised_scores():
@@ -38,7 +38,7 @@ def test_topk_keeps_the_k_best_aligned_candidates_with_normalised_scores():
     boxes = t[:, 2:6].expand(1, len(p), 4).clone()  # perfect boxes: CIoU 1 everywhere
     scores = torch.zeros(1, len(p), NC)
     scores[0, :, 1] = torch.linspace(0.01, 0.64, len(p))
-    res = TaskAlignedAssigner(topk=3).assign(t, p, 1, (boxes, scores))
+    res = TaskAlignedAssigner(topk=3).assign(t, p, Predictions(boxes, scores))
     top = [len(p) - 3, len(p) - 2, len(p) - 1]
     assert torch.nonzero(res.fg_mask[0]).squeeze(1).tolist() == top
     # t = s^0.5 * 1^6 and max_u = 1, so the soft score is sqrt(s / s_max)
@@ -56,31 +56,31 @@ def test_conflict_goes_to_the_gt_the_prediction_overlaps_most():
     boxes, scores = preds()
     boxes[0, slot(20, 20)] = t[1, 2:6]  # predicts GT 1 exactly
     boxes[0, slot(28, 28)] = t[0, 2:6]  # predicts GT 0 exactly
-    res = TaskAlignedAssigner(topk=64).assign(t, priors(), 1, (boxes, scores))
+    res = TaskAlignedAssigner(topk=64).assign(t, priors(), Predictions(boxes, scores))
     assert res.gt_index[0, slot(20, 20)] == 1 and res.target_labels[0, slot(20, 20)] == 2
     assert res.gt_index[0, slot(28, 28)] == 0 and res.target_labels[0, slot(28, 28)] == 0
     assert res.gt_index[0, slot(4, 4)] == 0 and res.gt_index[0, slot(44, 44)] == 1  # uncontested
     # Reference quirk: the argmax runs over every GT of the image, even one not containing the point.
     t3 = torch.cat((t, targets([0, 1, 48, 48, 64, 64])))
     boxes[0, slot(20, 20)] = t3[2, 2:6]
-    res = TaskAlignedAssigner(topk=64).assign(t3, priors(), 1, (boxes, scores))
+    res = TaskAlignedAssigner(topk=64).assign(t3, priors(), Predictions(boxes, scores))
     assert res.gt_index[0, slot(20, 20)] == 2
 
 
 def test_gt_without_candidate_point_gets_nothing():
     t = targets([0, 0, 5, 5, 11, 11], [0, 1, 24, 24, 40, 40])  # GT 0 lies between anchor points
-    res = TaskAlignedAssigner().assign(t, priors(), 1, preds())
+    res = TaskAlignedAssigner().assign(t, priors(), preds())
     assert res.num_fg > 0
     assert not (res.gt_index == 0).any()
     assert (res.gt_index[res.fg_mask] == 1).all()
 
 
 def test_empty_batch_and_images_without_gts():
-    res = TaskAlignedAssigner().assign(torch.zeros(0, 6), priors(), 2, preds(2))
+    res = TaskAlignedAssigner().assign(torch.zeros(0, 6), priors(), preds(2))
     assert res.fg_mask.shape == (2, 64) and res.num_fg == 0
     assert (res.gt_index == -1).all() and (res.target_labels == -1).all()
     t = targets([1, 0, 8, 8, 40, 40])
-    res = TaskAlignedAssigner().assign(t, priors(), 3, preds(3))
+    res = TaskAlignedAssigner().assign(t, priors(), preds(3))
     assert not res.fg_mask[0].any() and not res.fg_mask[2].any()
     assert res.fg_mask[1].any() and (res.gt_index[1][res.fg_mask[1]] == 0).all()
 
@@ -97,7 +97,7 @@ def test_padding_gives_the_same_result_as_each_image_alone():
     size = torch.rand(4, len(p), 2) * 32 + 8
     boxes = torch.cat((p.centers - size / 2, p.centers + size / 2), -1)
     scores = torch.rand(4, len(p), NC)
-    full = TaskAlignedAssigner().assign(t, p, 4, (boxes, scores))
+    full = TaskAlignedAssigner().assign(t, p, Predictions(boxes, scores))
     assert full.num_fg > 0
     for b in range(4):
         rows = torch.nonzero(t[:, 0] == b).squeeze(1)
@@ -106,7 +106,7 @@ def test_padding_gives_the_same_result_as_each_image_alone():
             continue
         one = t[rows].clone()
         one[:, 0] = 0
-        single = TaskAlignedAssigner().assign(one, p, 1, (boxes[b:b + 1], scores[b:b + 1]))
+        single = TaskAlignedAssigner().assign(one, p, Predictions(boxes[b:b + 1], scores[b:b + 1]))
         assert torch.equal(full.fg_mask[b], single.fg_mask[0])
         mapped = torch.where(single.gt_index[0] >= 0, rows[single.gt_index[0].clamp(min=0)], -1)
         assert torch.equal(full.gt_index[b], mapped)
@@ -118,13 +118,13 @@ def test_padding_gives_the_same_result_as_each_image_alone():
 def test_ignore_rows_are_never_assigned_and_change_nothing():
     boxes, scores = preds()
     t = targets([0, -1, 0, 0, 64, 64], [0, 1, 8, 8, 40, 40])
-    res = TaskAlignedAssigner().assign(t, priors(), 1, (boxes, scores))
-    ref = TaskAlignedAssigner().assign(t[1:], priors(), 1, (boxes, scores))
+    res = TaskAlignedAssigner().assign(t, priors(), Predictions(boxes, scores))
+    ref = TaskAlignedAssigner().assign(t[1:], priors(), Predictions(boxes, scores))
     assert not (res.gt_index == 0).any()
     assert torch.equal(res.fg_mask, ref.fg_mask)
     assert torch.equal(res.gt_index[ref.fg_mask], ref.gt_index[ref.fg_mask] + 1)
     assert torch.equal(res.target_scores, ref.target_scores)
-    assert TaskAlignedAssigner().assign(t[:1], priors(), 1, (boxes, scores)).num_fg == 0
+    assert TaskAlignedAssigner().assign(t[:1], priors(), Predictions(boxes, scores)).num_fg == 0
 
 
 def test_soft_score_normalisation_worked_example():
@@ -138,7 +138,7 @@ def test_soft_score_normalisation_worked_example():
     scores = torch.ones(1, 64, NC)
     scores[0, a, 0] = 1e-4
     t = targets([0, 0, 0, 0, 64, 64])
-    res = TaskAlignedAssigner(topk=2).assign(t, priors(), 1, (boxes, scores))
+    res = TaskAlignedAssigner(topk=2).assign(t, priors(), Predictions(boxes, scores))
     t_a, t_b = 0.01, 0.5625 ** 6
     max_t, max_u = t_b, 1.0  # the maxima come from different anchors
     assert torch.nonzero(res.fg_mask[0]).squeeze(1).tolist() == [a, b]
@@ -146,31 +146,33 @@ def test_soft_score_normalisation_worked_example():
     assert res.target_scores[0, b].item() == pytest.approx(t_b * max_u / max_t, rel=1e-4)  # 1.0
     # Reference quirk: with k above the number of t > 0 candidates, candidates with t = 0 are
     # positives too, with a soft score of 0.
-    res = TaskAlignedAssigner(topk=4).assign(t, priors(), 1, (boxes, scores))
+    res = TaskAlignedAssigner(topk=4).assign(t, priors(), Predictions(boxes, scores))
     extra = res.fg_mask[0].clone()
     extra[[a, b]] = False
     assert res.num_fg == 4 and (res.target_scores[0][extra] == 0).all()
 
 
-def test_requires_predictions_and_valid_classes():
-    t = targets([0, 0, 8, 8, 40, 40])
-    with pytest.raises(ValueError, match="needs preds"):
-        TaskAlignedAssigner().assign(t, priors(), 1)
+def test_rejects_target_classes_the_predictions_do_not_have():
     with pytest.raises(ValueError, match="class 5 is out of range"):
-        TaskAlignedAssigner().assign(targets([0, 5, 8, 8, 40, 40]), priors(), 1, preds())
-    with pytest.raises(ValueError, match="built for 4"):
-        TaskAlignedAssigner(num_classes=4).assign(t, priors(), 1, preds())
+        TaskAlignedAssigner().assign(targets([0, 5, 8, 8, 40, 40]), priors(), preds())
 
 
-def test_registry_builds_each_method_with_its_own_config_fields():
+def test_registry_builds_each_method_with_its_own_options():
     cls = ASSIGNERS["task_aligned"]
-    assert cls.coder_mode == "distance" and cls.needs_predictions
-    a = build_assigner(AssignCfg(method="task_aligned", topk=5, alpha=1.0, beta=2.0))
-    assert (a.topk, a.alpha, a.beta) == (5, 1.0, 2.0)
-    assert build_assigner(AssignCfg(method="ratio_grid", anchor_t=3.0)).anchor_t == 3.0
-    assert build_assigner(AssignCfg(method="nearby_grid", match_iou_thres=0.3)).match_iou_thres == 0.3
-    with pytest.raises(ConfigError, match="assign.*topk must be >= 1"):
-        build_assigner(AssignCfg(method="task_aligned", topk=0))
+    assert cls.coders == {"dfl": "distance"} and cls.uses_predictions
+    a = build_assigner("task_aligned", {"topk": 5, "alpha": 1, "beta": 2.0})
+    assert (a.opt.topk, a.opt.alpha, a.opt.beta) == (5, 1.0, 2.0) and isinstance(a.opt.alpha, float)
+    assert build_assigner("ratio_grid", {"anchor_t": 3.0}).opt.anchor_t == 3.0
+    assert build_assigner("nearby_grid", {"match_iou_thres": 0.3}).opt.match_iou_thres == 0.3
+    assert build_assigner("task_aligned", {}).opt.topk == 10  # unset options keep the method's defaults
+    with pytest.raises(ConfigError, match="assign.options of task_aligned: topk=0 must be >= 1"):
+        build_assigner("task_aligned", {"topk": 0})
+    with pytest.raises(ConfigError, match="task_aligned has no option 'top_k'; did you mean 'topk'"):
+        build_assigner("task_aligned", {"top_k": 5})
+    with pytest.raises(ConfigError, match=r"nearby_grid has no option 'topk' \(its options: \['ensure_one_match'"):
+        build_assigner("nearby_grid", {"topk": 5})
+    with pytest.raises(ConfigError, match=r"assign.options\['topk'\] of task_aligned: expected int"):
+        build_assigner("task_aligned", {"topk": 2.5})
 
 
 def _dense_reference(targets, priors, batch_size, pred_boxes, pred_scores, topk=10, alpha=0.5, beta=6.0):
@@ -221,7 +223,7 @@ def test_sparse_computation_equals_the_dense_formulation(seed):
     if seed % 5 == 0:
         pred_scores = (pred_scores > 0.5).float()  # zero alignments: ties inside top-k
     topk = 1 + seed % 13
-    res = TaskAlignedAssigner(topk=topk, num_classes=nc).assign(targets, priors, batch, (pred_boxes, pred_scores))
+    res = TaskAlignedAssigner(topk=topk).assign(targets, priors, Predictions(pred_boxes, pred_scores))
     if (targets[:, 1] >= 0).sum() == 0:
         assert not res.fg_mask.any()
         return

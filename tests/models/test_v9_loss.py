@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from configs.base_config import LossCfg
+from configs.base_config import ConfigError, LossCfg
 from models.assigners.task_aligned import TaskAlignedAssigner
 from models.coders import CODERS, DistanceCoder
 from models.losses import LOSSES, V9Loss
@@ -123,6 +123,7 @@ def test_aux_branch_adds_its_weighted_total():
 
 def test_registry_and_assigner_check():
     assert LOSSES["dfl"] is V9Loss
-    from models.assigners import ASSIGNERS
-    with pytest.raises(ValueError, match="task_aligned"):
-        V9Loss(LossCfg(), ASSIGNERS["nearby_grid"](), DistanceCoder(), NC)
+    from configs import load_config
+    with pytest.raises(ConfigError, match=r"assign.method='nearby_grid' does not train the dfl head of "
+                                          r"model.name='v9-t'; methods that do: \['task_aligned'\]"):
+        load_config("bccd_v9t", ["assign.method=nearby_grid"]).validate()
