@@ -21,6 +21,7 @@ class Priors:
     anchor_idx: Tensor  # [P] long, anchor index within its level
     level_hw: list  # per level (rows, cols) of the feature map
     num_anchors: int  # anchors per cell
+    anchor_free: bool = False  # an anchor-free head: anchor_wh is only the stride (a cell-sized box)
 
     @property
     def centers(self) -> Tensor:
@@ -67,4 +68,4 @@ def make_priors(img_hw: tuple[int, int], strides: list[int], anchors: list | Non
         strides_t.append(torch.full((n,), float(s)))
     num_anchors = len(anchors[0]) if anchors else 1
     return Priors(torch.cat(levels), torch.cat(strides_t), torch.cat(grids), torch.cat(whs),
-                  torch.cat(aidx), level_hw, num_anchors).to(torch.device(device))
+                  torch.cat(aidx), level_hw, num_anchors, anchors is None).to(torch.device(device))

@@ -158,6 +158,44 @@ class GridIoUAssigner(Assigner):
         return result
 
 
+INSIDE_EPS = 1e-9  # a prior centre is inside a box when its smallest distance to a side exceeds this
+
+
+def centres_inside(priors: Priors, boxes: Tensor, valid: Tensor) -> Tensor:
+    """[B, G, P] bool: prior centre strictly inside GT box [B, G, 4] (every side farther than
+    INSIDE_EPS), for the real GTs (``valid`` [B, G]) only."""
+    cx, cy = priors.centers[:, 0], priors.centers[:, 1]  # [P]
+    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # [B, G, 1]
+    return ((cx - x1 > INSIDE_EPS) & (cy - y1 > INSIDE_EPS) & (x2 - cx > INSIDE_EPS)
+            & (y2 - cy > INSIDE_EPS) & valid[..., None])
+
+
+def pad_per_image(targets: Tensor, gt_rows: Tensor, batch_size: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Scatter the GT rows into per-image slots padded to the largest GT count of the batch.
+
+    Returns (rows [B, G] long, -1 on padding; boxes [B, G, 4]; labels [B, G] long, 0 on
+    padding; valid [B, G] bool). GTs keep their order in ``targets`` within each image.
+    """
+    img = targets[gt_rows, 0].long()
+    if int(img.min()) < 0 or int(img.max()) >= batch_size:
+        raise ValueError(f"target batch index out of range [0, {batch_size - 1}]")
+    order = torch.sort(img, stable=True).indices
+    gt_rows, img = gt_rows[order], img[order]
+    counts = torch.bincount(img, minlength=batch_size)
+    first = torch.cumsum(counts, 0) - counts  # index of each image's first GT in sorted order
+    slot = torch.arange(img.numel(), device=img.device) - first[img]
+    g = int(counts.max())
+    device = targets.device
+    rows = torch.full((batch_size, g), -1, dtype=torch.long, device=device)
+    boxes = torch.zeros(batch_size, g, 4, dtype=torch.float32, device=device)
+    labels = torch.zeros(batch_size, g, dtype=torch.long, device=device)
+    rows[img, slot] = gt_rows
+    boxes[img, slot] = targets[gt_rows, 2:6].float()
+    labels[img, slot] = targets[gt_rows, 1].long()
+    return rows, boxes, labels, rows >= 0
+
+
 def resolve_conflicts(slot: Tensor, key: Tensor, g_idx: Tensor, num_slots: int) -> Tensor:
     """Bool mask over (GT, slot) pairs keeping, per slot, the pair of highest ``key`` (ties: the
     highest GT index)."""

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.assigners.base import Assigner, AssignResult, Predictions, empty_result
+from models.assigners.base import Assigner, AssignResult, Predictions, centres_inside, empty_result, pad_per_image
 from models.priors import Priors
 from utils.boxes import bbox_iou
 
-INSIDE_EPS = 1e-9  # an anchor point is a candidate when its smallest distance to a GT side exceeds this
 EPS = 1e-9  # keeps the soft-score ratio finite when a GT's best alignment is 0
 
 
@@ -61,13 +60,8 @@ class TaskAlignedAssigner(Assigner):
         labels = targets[gt_rows, 1].long()
         if int(labels.max()) >= nc:
             raise ValueError(f"target class {int(labels.max())} is out of range for {nc} classes")
-        rows, boxes, labels, valid = _pad_per_image(targets, gt_rows, batch_size)  # [B, G, ...]
-
-        # Candidates: anchor points strictly inside the GT box (every side farther than INSIDE_EPS).
-        cx, cy = priors.centers[:, 0], priors.centers[:, 1]  # [P]
-        x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # [B, G, 1]
-        in_gt = ((cx - x1 > INSIDE_EPS) & (cy - y1 > INSIDE_EPS) & (x2 - cx > INSIDE_EPS)
-                 & (y2 - cy > INSIDE_EPS) & valid[..., None])  # [B, G, P]
+        rows, boxes, labels, valid = pad_per_image(targets, gt_rows, batch_size)  # [B, G, ...]
+        in_gt = centres_inside(priors, boxes, valid)  # candidates: anchor points strictly inside the GT
 
         # Alignment t at the candidates only (a small share of the [B, G, P] pairs); 0 elsewhere.
         b, g, p = torch.nonzero(in_gt, as_tuple=True)
@@ -121,29 +115,3 @@ class TaskAlignedAssigner(Assigner):
     def _align(self, cls_score: Tensor, overlap: Tensor) -> Tensor:
         """Task alignment t = s^alpha * u^beta (element-wise)."""
         return cls_score.pow(self.opt.alpha) * overlap.pow(self.opt.beta)
-
-
-def _pad_per_image(targets: Tensor, gt_rows: Tensor, batch_size: int
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Scatter the GT rows into per-image slots padded to the largest GT count of the batch.
-
-    Returns (rows [B, G] long, -1 on padding; boxes [B, G, 4]; labels [B, G] long, 0 on
-    padding; valid [B, G] bool). GTs keep their order in ``targets`` within each image.
-    """
-    img = targets[gt_rows, 0].long()
-    if int(img.min()) < 0 or int(img.max()) >= batch_size:
-        raise ValueError(f"target batch index out of range [0, {batch_size - 1}]")
-    order = torch.sort(img, stable=True).indices
-    gt_rows, img = gt_rows[order], img[order]
-    counts = torch.bincount(img, minlength=batch_size)
-    first = torch.cumsum(counts, 0) - counts  # index of each image's first GT in sorted order
-    slot = torch.arange(img.numel(), device=img.device) - first[img]
-    g = int(counts.max())
-    device = targets.device
-    rows = torch.full((batch_size, g), -1, dtype=torch.long, device=device)
-    boxes = torch.zeros(batch_size, g, 4, dtype=torch.float32, device=device)
-    labels = torch.zeros(batch_size, g, dtype=torch.long, device=device)
-    rows[img, slot] = gt_rows
-    boxes[img, slot] = targets[gt_rows, 2:6].float()
-    labels[img, slot] = targets[gt_rows, 1].long()
-    return rows, boxes, labels, rows >= 0

@@ -177,10 +177,10 @@ def test_registry_builds_each_method_with_its_own_options():
 
 def _dense_reference(targets, priors, batch_size, pred_boxes, pred_scores, topk=10, alpha=0.5, beta=6.0):
     """The textbook [B, G, P] formulation (CIoU and alignment at every pair), for comparison."""
-    from models.assigners.task_aligned import INSIDE_EPS, _pad_per_image
+    from models.assigners.base import INSIDE_EPS, pad_per_image
     from utils.boxes import bbox_iou
     gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)
-    rows, boxes, labels, valid = _pad_per_image(targets, gt_rows, batch_size)
+    rows, boxes, labels, valid = pad_per_image(targets, gt_rows, batch_size)
     c = priors.centers[None, None]
     gap = torch.cat((c - boxes[:, :, None, :2], boxes[:, :, None, 2:] - c), -1).amin(-1)
     in_gt = (gap > INSIDE_EPS) & valid[..., None]
