@@ -9,6 +9,7 @@ from models.assigners.all_grid import AllGridAssigner
 from models.assigners.base import Assigner, AssignResult, Predictions, blank_predictions
 from models.assigners.nearby_grid import NearbyGridAssigner
 from models.assigners.ratio_grid import RatioGridAssigner
+from models.assigners.simota import SimOTAAssigner
 from models.assigners.single_grid import SingleGridAssigner
 from models.assigners.task_aligned import TaskAlignedAssigner
 
@@ -18,6 +19,7 @@ ASSIGNERS: dict[str, type[Assigner]] = {
     "all_grid": AllGridAssigner,
     "ratio_grid": RatioGridAssigner,
     "task_aligned": TaskAlignedAssigner,
+    "simota": SimOTAAssigner,
 }
 
 
