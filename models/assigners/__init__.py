@@ -6,6 +6,7 @@ import difflib
 
 from configs.base_config import ConfigError
 from models.assigners.all_grid import AllGridAssigner
+from models.assigners.atss import ATSSAssigner
 from models.assigners.base import Assigner, AssignResult, Predictions, blank_predictions
 from models.assigners.nearby_grid import NearbyGridAssigner
 from models.assigners.ratio_grid import RatioGridAssigner
@@ -20,6 +21,7 @@ ASSIGNERS: dict[str, type[Assigner]] = {
     "ratio_grid": RatioGridAssigner,
     "task_aligned": TaskAlignedAssigner,
     "simota": SimOTAAssigner,
+    "atss": ATSSAssigner,
 }
 
 

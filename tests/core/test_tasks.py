@@ -73,7 +73,7 @@ def test_predict_folder_writes_images_and_json(trained, tmp_path):
     assert np.asarray(drawn).std() > 0
 
 
-@pytest.mark.parametrize("method", ["single_grid", "nearby_grid", "all_grid", "simota"])
+@pytest.mark.parametrize("method", ["single_grid", "nearby_grid", "all_grid", "simota", "atss"])
 def test_debug_draws_assignments_without_checkpoint(trained, tmp_path, method):
     root, _, _ = trained
     out = tmp_path / method

@@ -1,0 +1,144 @@
+"""ATSS on hand-made boxes: closest candidates per level, the mean + std threshold, centres inside the
+GT, conflicts, empty images, batch equals per-image, anchor-free prior boxes, and both heads' losses."""
+import pytest
+import torch
+
+from configs import load_config
+from configs.base_config import LossCfg
+from models import build_assigner_for, build_model
+from models.assigners import ASSIGNERS, Predictions, blank_predictions
+from models.losses import V9Loss, YoloAnchorLoss
+from models.priors import make_priors
+from utils.boxes import box_iou
+
+ATSS = ASSIGNERS["atss"]
+# Two anchor-based levels on 64x64: stride 8 (8x8 cells) and stride 16 (4x4 cells), one anchor each.
+ANCHORS = [[[16, 16]], [[32, 32]]]
+
+
+def priors(anchors=ANCHORS):
+    return make_priors((64, 64), [8, 16], anchors)
+
+
+def targets(*rows):
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)
+
+
+def run(t, p, batch=1, **options):
+    return ATSS(**options).assign(t, p, blank_predictions(batch, len(p)))
+
+
+def expected_positives(gt, p, k):
+    """The paper's rule written out for one GT: per level the k nearest centres, then IoU >= mean + std
+    and the centre inside the box."""
+    centre = (gt[:2] + gt[2:]) / 2
+    dist = (p.centers - centre).norm(dim=-1)
+    cand = torch.zeros(len(p), dtype=torch.bool)
+    for lv in range(2):
+        idx = torch.nonzero(p.level == lv).squeeze(1)
+        cand[idx[dist[idx].topk(min(k, idx.numel()), largest=False).indices]] = True
+    iou = box_iou(gt[None], p.boxes())[0]
+    thr = iou[cand].mean() + iou[cand].std()
+    inside = ((p.centers > gt[:2]) & (p.centers < gt[2:])).all(-1)
+    return set(torch.nonzero(cand & (iou >= thr) & inside).squeeze(1).tolist()), float(thr)
+
+
+def test_positives_follow_the_mean_plus_std_rule():
+    p = priors()
+    gt = torch.tensor([10.0, 6, 42, 30])
+    res = run(targets([0, 2, *gt.tolist()]), p)
+    want, thr = expected_positives(gt, p, 9)
+    got = set(torch.nonzero(res.fg_mask[0]).squeeze(1).tolist())
+    assert got == want and len(got) >= 1 and 0 < thr < 1
+    assert res.target_labels[0, list(got)].tolist() == [2] * len(got)
+    assert res.target_boxes[0, list(got)].tolist() == [gt.tolist()] * len(got)
+    assert (res.target_scores[0] == 0).all()  # blank predictions: quality 0
+
+
+def test_a_small_gt_is_taken_by_the_fine_level_a_large_one_by_the_coarse():
+    p = priors()
+    small = run(targets([0, 0, 20, 20, 36, 36]), p)  # the 16x16 anchors fit it exactly
+    assert set(p.level[small.fg_mask[0]].tolist()) == {0}
+    large = run(targets([0, 0, 0, 0, 64, 64]), p)
+    assert set(p.level[large.fg_mask[0]].tolist()) == {1}
+
+
+def test_topk_limits_the_candidates_and_centres_must_be_inside():
+    p = priors()
+    res = run(targets([0, 0, 24, 24, 40, 40]), p, topk=1)  # one candidate per level
+    assert res.num_fg <= 2
+    thin = run(targets([0, 0, 30, 0, 34, 64]), p)  # 4 px wide: no stride-16 centre inside
+    assert (p.level[thin.fg_mask[0]] == 0).all()
+
+
+def test_a_prior_positive_for_two_gts_keeps_the_higher_iou():
+    p = priors()
+    a, b = [16.0, 16, 32, 32], [18.0, 18, 36, 36]
+    res = run(targets([0, 0, *a], [0, 1, *b]), p)
+    shared = (set(torch.nonzero(run(targets([0, 0, *a]), p).fg_mask[0]).squeeze(1).tolist())
+              & set(torch.nonzero(run(targets([0, 1, *b]), p).fg_mask[0]).squeeze(1).tolist()))
+    assert shared
+    iou = box_iou(torch.tensor([a, b]), p.boxes())
+    for i in shared:
+        assert int(res.gt_index[0, i]) == int(iou[:, i].argmax())
+
+
+def test_empty_images_and_ignore_regions():
+    p = priors()
+    assert not run(torch.zeros(0, 6), p, batch=2).fg_mask.any()
+    assert not run(targets([0, -1, 0, 0, 64, 64]), p).fg_mask.any()
+    res = run(targets([1, 0, 8, 8, 40, 40]), p, batch=2)
+    assert not res.fg_mask[0].any() and res.fg_mask[1].any()
+
+
+def test_batch_equals_per_image_and_quality_is_the_predicted_iou():
+    g = torch.Generator().manual_seed(1)
+    p = make_priors((96, 96), [8, 16, 32], [[[10, 13], [16, 30]], [[30, 61], [62, 45]], [[116, 90], [80, 80]]])
+    rows = []
+    for b in range(3):
+        n = 2 + b
+        xy = torch.rand(n, 2, generator=g) * 60
+        rows.append(torch.cat([torch.full((n, 1), float(b)), torch.zeros(n, 1), xy,
+                               xy + torch.rand(n, 2, generator=g) * 30 + 4], 1))
+    t = torch.cat(rows)
+    c = p.centers[None].expand(3, -1, -1)
+    preds = Predictions(torch.cat([c - 10, c + 10], -1), torch.rand(3, len(p), 1, generator=g))
+    full = ATSS().assign(t, p, preds)
+    fg = full.fg_mask
+    want = torch.diag(box_iou(full.target_boxes[fg], preds.boxes[fg]))
+    torch.testing.assert_close(full.target_scores[fg], want)
+    for b in range(3):
+        one = t[t[:, 0] == b].clone()
+        one[:, 0] = 0
+        single = ATSS().assign(one, p, Predictions(preds.boxes[b:b + 1], preds.scores[b:b + 1]))
+        assert torch.equal(full.fg_mask[b], single.fg_mask[0])
+        offset = int((t[:, 0] < b).sum())
+        assert torch.equal(full.gt_index[b][fg[b]], single.gt_index[0][single.fg_mask[0]] + offset)
+
+
+def test_anchor_free_priors_use_squares_of_anchor_scale_strides():
+    p = make_priors((64, 64), [8, 16], None)
+    assert p.anchor_free
+    gt = [8.0, 8, 40, 40]  # 32 px: the 4-stride squares of level 0 fit it exactly
+    fine = run(targets([0, 0, *gt]), p, anchor_scale=4.0)
+    assert set(p.level[fine.fg_mask[0]].tolist()) == {0}
+    coarse = run(targets([0, 0, *gt]), p, anchor_scale=2.0)  # 2-stride squares: level 1 fits it
+    assert set(p.level[coarse.fg_mask[0]].tolist()) == {1}
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="topk=0 must be >= 1"):
+        ATSS(topk=0)
+
+
+@pytest.mark.parametrize("config, loss_cls", [("bccd_yolo_r18", YoloAnchorLoss), ("bccd_v9t", V9Loss)])
+def test_both_heads_train_with_atss(config, loss_cls):
+    cfg = load_config(config, ["assign.method=atss", "data.img_size=64", "model.channel_sparsity=0.25",
+                               "data.class_names=['a','b','c']"]).validate()
+    model = build_model(cfg)
+    loss_fn = loss_cls(LossCfg(level_weights=[1.0, 1.0, 1.0]), build_assigner_for(cfg), model.coder, 3)
+    raw = model(torch.rand(2, 3, 64, 64))
+    loss, parts = loss_fn(raw, targets([0, 1, 8, 8, 40, 30], [1, 2, 20, 24, 60, 60]), model.priors((64, 64)))
+    loss.backward()
+    assert torch.isfinite(loss) and parts["box"] > 0
+    assert all(torch.isfinite(q.grad).all() for q in model.parameters() if q.grad is not None)
