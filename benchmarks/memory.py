@@ -28,7 +28,7 @@ from loguru import logger
 from PIL import Image
 
 from configs import load_config
-from core.trainer import Trainer
+from core.train import Trainer
 from utils.dist import DistInfo, set_cpu_threads
 
 EPOCHS = 20

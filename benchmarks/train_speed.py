@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from configs import load_config
-from core.trainer import Trainer
+from core.train import Trainer
 from utils.dist import DistInfo, set_cpu_threads
 from utils.logging import setup_logging
 

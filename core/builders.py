@@ -92,15 +92,16 @@ def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augme
     return loader, ds.records
 
 
-def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
-    """Model of cfg with the checkpoint's EMA weights (or raw weights when it has no EMA), in eval mode.
+def load_weights(cfg: BaseConfig, ckpt_path: str | None, device, prefer_ema: bool = True):
+    """Model of cfg with the checkpoint's EMA weights (``prefer_ema`` and it has them) or its raw
+    weights, in eval mode.
 
     An exported .onnx / .tflite file gives its runtime model (core.runtime, CPU only); its class
     names fill an empty cfg.data.class_names, and it must fit cfg's class count and input size.
     """
     from core.runtime import is_runtime_path
     from models import build_model
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import load_checkpoint, preferred_weights
     if not ckpt_path:
         raise ConfigError("this task needs trained weights: pass --ckpt runs/<name>/best.pth")
     if is_runtime_path(ckpt_path):
@@ -109,8 +110,8 @@ def load_weights(cfg: BaseConfig, ckpt_path: str | None, device):
     if not cfg.data.class_names:
         cfg.data.class_names = list(ckpt.get("class_names", []))
     model = build_model(cfg)
-    ema = ckpt.get("ema")
-    state = ema["model"] if ema else ckpt["model"]
+    ema = prefer_ema and bool(ckpt.get("ema"))
+    state = preferred_weights(ckpt, prefer_ema)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from loguru import logger
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from datasets.dataset import to_input
@@ -75,10 +75,11 @@ class QatFineTuner:
     """Fake-quantised fine-tuning of a checkpoint: calibrate, evaluate, train cfg.qat.epochs epochs
     (BN frozen from cfg.qat.freeze_bn_epoch), evaluate each epoch, keep the best.
 
-    Reuses the trainer's pieces: loaders (core.builders), loss (models.losses.LOSSES with the
-    family's assigner), optimizer parameter groups (no weight decay on norms and biases), the
-    per-iteration schedule, the EMA and the Evaluator. Epoch 0 of the results is the calibrated
-    model before any training (post-training quantisation).
+    Reuses the trainer's pieces: loaders (core.builders), loss (models.build_loss), optimizer
+    parameter groups (no weight decay on norms and biases), the per-iteration schedule, the
+    training step with its non-finite guard (core.train.step.TrainStep, which also restores the
+    observers a skipped step moved), the EMA and the Evaluator. Epoch 0 of the results is the
+    calibrated model before any training (post-training quantisation).
     """
 
     def __init__(self, cfg, dist, run_dir: Path, ckpt: str) -> None:
@@ -88,8 +89,7 @@ class QatFineTuner:
             resolve_class_names,
         )
         from core.evaluator import Evaluator
-        from models import build_assigner_for
-        from models.losses import LOSSES
+        from models import build_loss
         from utils.dist import DistInfo, seed_everything
         check_qat_cfg(cfg)
         self.cfg, self.dist, self.run_dir, self.ckpt = cfg, dist, Path(run_dir), str(ckpt)
@@ -107,8 +107,7 @@ class QatFineTuner:
         self.calib_loader, _ = build_eval_loader(cfg, single, "train")
         self.val_loader, val_records = build_eval_loader(cfg, dist, "val")
         self.evaluator = Evaluator(cfg, val_records, dist)
-        self.criterion = LOSSES[self.model.family](cfg.loss, build_assigner_for(cfg), self.model.coder,
-                                                   cfg.num_classes)
+        self.criterion = build_loss(cfg, self.model)
         self.rows: list[dict] = []
         self.best: dict = {"epoch": -1, "mAP": -1.0, "state": None, "metrics": {}}
 
@@ -129,8 +128,8 @@ class QatFineTuner:
                     f"{self.cfg.export.calib_count}, letterboxed, no augmentation)")
 
     def build_training(self) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
+        from core.train.step import TrainStep
+        from utils.dist import wrap_ddp
         from utils.ema import ModelEMA
         from utils.optim import build_optimizer
         from utils.scheduler import build_scheduler
@@ -138,20 +137,18 @@ class QatFineTuner:
         name = "sgd" if cfg.optim.name == "sgd" else "adamw"
         optim_cfg = dataclasses.replace(cfg.optim, name=name, lr=cfg.qat.lr, base_batch=cfg.qat.batch_size,
                                         nominal_batch=0)
-        self.optimizer = build_optimizer(optim_cfg, self.model, cfg.qat.batch_size)
+        optimizer = build_optimizer(optim_cfg, self.model, cfg.qat.batch_size)
         iters = len(self.train_loader)
         warmup = max(1, min(100, iters // 4))  # short: the weights are trained already
         sched_cfg = dataclasses.replace(cfg.sched, name="linear", min_lr_ratio=1.0, warmup_epochs=0.0,
                                         warmup_min_iters=warmup, warmup_start_factor=0.1, warmup_bias_lr=0.0,
                                         warmup_momentum=0.0)
-        self.scheduler = build_scheduler(sched_cfg, self.optimizer, iters, max(1, cfg.qat.epochs))
+        scheduler = build_scheduler(sched_cfg, optimizer, iters, max(1, cfg.qat.epochs))
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_tau) if cfg.train.ema else None
-        self.ddp_model: nn.Module = self.model
-        if self.dist.world_size > 1:
-            devices = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DDP(self.model, device_ids=devices)
-        self.bad_steps = 0
-        self._buffers = [b for b in self.model.buffers() if b.dtype.is_floating_point]
+        self.stepper = TrainStep(self.model, self.criterion, optimizer, scheduler, self.ema, device=self.device,
+                                 memory_format=self.memory_format, grad_clip=cfg.optim.grad_clip,
+                                 max_bad_steps=cfg.train.max_bad_steps)  # fp32: fake quantisation under AMP is not TFLite's
+        self.stepper.ddp_model = wrap_ddp(self.model, self.dist)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of fake-quantised training; returns the mean loss terms."""
@@ -160,59 +157,16 @@ class QatFineTuner:
             logger.info(f"epoch {epoch + 1}: BatchNorm statistics frozen (qat.freeze_bn_epoch="
                         f"{self.cfg.qat.freeze_bn_epoch})")
         self.model.train()
-        if self.train_sampler is not None and hasattr(self.train_sampler, "set_epoch"):
-            self.train_sampler.set_epoch(epoch)
+        self.train_sampler.set_epoch(epoch)
         self.train_loader.dataset.set_epoch(epoch)
         sums: dict[str, float] = {}
+        n = max(1, len(self.train_loader))
         bar = tqdm(self.train_loader, desc=f"qat {epoch + 1}/{self.cfg.qat.epochs}",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
-        for images, targets, _ in bar:
-            for k, v in self.train_step(images, targets).items():
+        for i, (images, targets, _) in enumerate(bar):
+            for k, v in self.stepper(images, targets, flush=i == n - 1).items():
                 sums[k] = sums.get(k, 0.0) + v
-        n = max(1, len(self.train_loader))
         return {k: round(v / n, 4) for k, v in sums.items()}
-
-    def train_step(self, images: Tensor, targets: Tensor) -> dict[str, float]:
-        """Forward, loss, backward, clipped optimizer step, EMA update. A non-finite loss or gradient
-        (on any rank) skips the step and restores the BN and observer buffers its forward moved."""
-        from utils.dist import any_rank
-        images = to_input(images, self.device, self.memory_format)
-        targets = targets.to(self.device, non_blocking=True)
-        saved = [b.clone() for b in self._buffers]
-        raw = self.ddp_model(images)
-        loss, parts = self.criterion(raw, targets, self.model.priors(tuple(images.shape[2:]), self.device))
-        bad, = any_rank(not bool(torch.isfinite(loss)), device=self.device)
-        if not bad:
-            loss.backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            bad, = any_rank(not bool(torch.isfinite(norm)), device=self.device)
-        if bad:
-            return self._skip(saved, {k: float(v) for k, v in parts.items()})
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.bad_steps = 0
-        return {k: float(v) for k, v in parts.items()} | {"total": float(loss.detach())}
-
-    def _skip(self, saved: list[Tensor], terms: dict) -> dict:
-        from core.trainer import NonFiniteLossError
-        for buf, old in zip(self._buffers, saved):
-            buf.copy_(old)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.bad_steps += 1
-        logger.warning(f"qat: non-finite loss or gradient ({terms}); step skipped "
-                       f"({self.bad_steps} in a row)")
-        if self.bad_steps >= self.cfg.train.max_bad_steps:
-            raise NonFiniteLossError(f"qat: {self.bad_steps} consecutive non-finite steps "
-                                     "(train.max_bad_steps); "
-                                     f"last loss terms {terms}; try a lower qat.lr")
-        return {}
 
     def evaluate(self, epoch: int) -> None:
         """Float and fake-quant mAP of the evaluated weights (EMA when on); keeps the best."""

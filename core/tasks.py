@@ -98,7 +98,7 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
     """Train (or resume with --ckpt). SIGTERM/SIGINT finish the step, write last.pth and exit with
     128 + the signal number; any other failure is logged with its rank and traceback (each rank's
     log file), then the process exits non-zero."""
-    from core.trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
+    from core.train import NonFiniteLossError, NonFiniteWeightsError, Trainer
     if dist.is_main:
         from utils.coco_eval import write_json_atomic
         write_json_atomic(run_dir / "config.json", cfg.to_dict())

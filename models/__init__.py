@@ -17,6 +17,7 @@ from models.coders import CODERS
 from models.detector import Detector, DetectorBase
 from models.heads.anchor_head import AnchorHead
 from models.layers import scale_channels
+from models.losses import LOSSES
 from models.necks import build_neck
 from models.nets import NETS, build_net
 
@@ -68,6 +69,11 @@ def coder_for(cfg):
     return CODERS[assigner_class(assign_method(cfg)).coders[model_family(cfg.model.name)]]()
 
 
+def build_loss(cfg, model: DetectorBase):
+    """The loss of the model's family (models.losses.LOSSES) with cfg's assigner and the model's coder."""
+    return LOSSES[model.family](cfg.loss, build_assigner_for(cfg), model.coder, cfg.num_classes)
+
+
 def build_yolo(cfg) -> Detector:
     """The simple anchor-based YOLO: backbone (width channel_sparsity) + SPP/PAN + anchor head."""
     m = cfg.model
@@ -92,14 +98,13 @@ def load_pretrained(model: DetectorBase, path: str) -> None:
     official release state dict. Matching tensors load; mismatched ones (e.g. another class
     count) are listed in one warning."""
     from models.official import load_official_state_dict
-    from utils.checkpoint import load_checkpoint, load_matching
+    from utils.checkpoint import load_checkpoint, load_matching, preferred_weights
     try:
         ckpt = load_checkpoint(path, required=())
     except Exception as e:  # noqa: BLE001 - re-raised as a config error naming the file
         raise ConfigError(f"model.pretrained={path!r} cannot be loaded: {e}") from None
     if "model" in ckpt and isinstance(ckpt["model"], dict) and "config" in ckpt:  # this repo's checkpoint
-        state = ckpt["ema"]["model"] if ckpt.get("ema") else ckpt["model"]
-        loaded, skipped = load_matching(model, state)
+        loaded, skipped = load_matching(model, preferred_weights(ckpt))
     else:
         loaded, skipped = load_official_state_dict(model, ckpt)
     if not loaded:
@@ -120,5 +125,5 @@ def build_model(cfg) -> DetectorBase:
     return MODELS[cfg.model.name](cfg)
 
 
-__all__ = ["MODELS", "assign_method", "build_assigner", "build_assigner_for", "build_model", "model_family",
-           "scaled_anchors"]
+__all__ = ["MODELS", "assign_method", "build_assigner", "build_assigner_for", "build_loss", "build_model",
+           "model_family", "scaled_anchors"]

@@ -23,7 +23,6 @@ from torch import nn
 
 # Exact types, not isinstance: np.float64 subclasses float and would slip through.
 _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
-_CONTAINERS = (dict, collections.OrderedDict, list, tuple)
 
 
 class CheckpointError(RuntimeError):
@@ -273,6 +272,13 @@ def set_rng_state(d: dict) -> None:
 
 
 # -- partial weight loading ------------------------------------------------------------
+def preferred_weights(ckpt: dict, prefer_ema: bool = True) -> dict:
+    """The model state dict of a checkpoint of this repo: its EMA weights when it has them (and
+    ``prefer_ema``), else its raw weights."""
+    ema = ckpt.get("ema")
+    return ema["model"] if prefer_ema and ema else ckpt["model"]
+
+
 def load_matching(model: nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
     """Copy every tensor of ``state_dict`` whose name and shape match ``model``'s.
 

@@ -177,6 +177,15 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (the one DDP wrap of a run; wrap again
+    when the set of trainable parameters changes), the model itself in a single process."""
+    if info.world_size == 1:
+        return model
+    devices = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(unwrap(model), device_ids=devices)
+
+
 def set_cpu_threads(num_threads: int = 0) -> int:
     """torch intra-op threads for this process: the given number, or the cores shared evenly
     among the processes of this machine (torchrun's LOCAL_WORLD_SIZE), so ranks do not
@@ -184,3 +193,14 @@ def set_cpu_threads(num_threads: int = 0) -> int:
     n = num_threads or max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(n)
     return n
+
+
+def gather_object(obj: Any, dst: int = 0) -> list | None:
+    """Picklable ``obj`` from every rank, as a list indexed by rank on rank ``dst`` and None on the
+    others (``[obj]`` without a process group). Unlike ``all_gather_object`` only ``dst`` receives
+    and holds everyone's data: what one rank alone goes on to use (e.g. predictions to score)."""
+    if not is_dist():
+        return [obj]
+    out: list | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out

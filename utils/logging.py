@@ -282,21 +282,23 @@ def _rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def epoch_summary(epoch: int, epochs: int, seconds: float, losses: dict[str, float], map_now: float | None,
-                  best_before: float, best_epoch: int | None, improved: bool, saved: list[str]) -> str:
-    """The end-of-epoch line: losses, current vs best mAP, and which checkpoints were written.
+def epoch_summary(epoch: int, epochs: int, seconds: float, losses: dict[str, float], score: float | None,
+                  best_before: float, best_epoch: int | None, improved: bool, saved: list[str],
+                  monitor: str = "mAP") -> str:
+    """The end-of-epoch line: losses, the monitored metric against its best, and which checkpoints
+    were written.
 
-    map_now: this epoch's mAP (None = not evaluated); best_before: best mAP before this epoch
-    (< 0 = none yet); best_epoch: epoch of best_before; improved: the trainer's verdict.
+    score: this epoch's value of ``monitor`` (None = not evaluated); best_before: the best before
+    this epoch (< 0 = none yet); best_epoch: its epoch; improved: the trainer's verdict.
     """
     loss = ", ".join(f"{k} {v:.4f}" for k, v in losses.items()) or "no finite step"
     best = f"best {best_before:.4f}" + (f" (epoch {best_epoch})" if best_epoch is not None else "")
-    if map_now is None:
-        score = f"not evaluated, {best}" if best_before >= 0 else "not evaluated"
+    if score is None:
+        text = f"not evaluated, {best}" if best_before >= 0 else "not evaluated"
     elif improved:
-        gain = f" (+{map_now - best_before:.4f})" if best_before >= 0 else ""
-        score = f"mAP {map_now:.4f} NEW BEST{gain}"
+        gain = f" (+{score - best_before:.4f})" if best_before >= 0 else ""
+        text = f"{monitor} {score:.4f} NEW BEST{gain}"
     else:
-        score = f"mAP {map_now:.4f}, {best}, {map_now - best_before:+.4f}"
+        text = f"{monitor} {score:.4f}, {best}, {score - best_before:+.4f}"
     ckpt = f"saved {', '.join(saved)}" if saved else "no checkpoint written"
-    return f"epoch {epoch}/{epochs} done in {seconds:.0f}s | loss {loss} | {score} | {ckpt}"
+    return f"epoch {epoch}/{epochs} done in {seconds:.0f}s | loss {loss} | {text} | {ckpt}"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 
-from core import trainer as trainer_module
+from core.train import trainer as trainer_module
 from main import main
 
 HOOKS = json.loads(sys.argv[1])

@@ -10,7 +10,8 @@ from loguru import logger
 from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs import ConfigError, load_config
-from core.trainer import EarlyStopping, Trainer
+from core.train import Trainer
+from core.train.selection import Selection
 from models import build_model
 from utils.checkpoint import TopKCheckpoints, load_checkpoint
 from utils.dist import DistInfo, seed_everything
@@ -92,14 +93,16 @@ def test_graph_net_backbone_is_the_rows_before_the_neck_and_patterns_select_by_n
         freeze_plan(model, ["neck"])
 
 
-def test_early_stopping_decisions():
-    es = EarlyStopping(patience=2, min_delta=0.01)
-    decisions = [(es.update(s, e), es.should_stop(e)) for e, s in
-                 enumerate([0.10, 0.105, float("nan"), 0.2, -1.0, 0.205, 0.3], start=1)]
-    assert decisions == [(True, False), (False, False), (False, True), (True, False), (False, False),
-                         (False, True), (True, False)]
-    assert (es.best, es.best_epoch) == (0.3, 7)
-    assert not EarlyStopping(patience=0).should_stop(100)  # 0 = never
+def test_early_stopping_decisions(tmp_path):
+    sel = Selection(tmp_path, "mAP", patience=2, min_delta=0.01)
+    verdicts = [sel.update(e, s) for e, s in enumerate([0.10, 0.105, float("nan"), 0.2, -1.0, 0.205, 0.3], start=1)]
+    assert [(v.improved, bool(v.stop_reason)) for v in verdicts] == [
+        (True, False), (False, False), (False, True), (True, False), (False, False), (False, True), (True, False)]
+    assert [(v.best_before, v.best_epoch_before) for v in verdicts[:2]] == [(-1.0, 0), (0.10, 1)]
+    assert (sel.best, sel.best_epoch) == (0.3, 7)
+    never = Selection(tmp_path, "mAP", patience=0)
+    assert not any(never.update(e, 0.1).stop_reason for e in range(1, 100))  # 0 = never
+    assert not Selection(tmp_path, "mAP", patience=1).update(5, 0.0, last=True).stop_reason  # not at the end
 
 
 def test_top_k_keeps_the_best_files_with_epoch_and_metric_in_the_name(tmp_path):

@@ -24,7 +24,8 @@ from loguru import logger
 from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs import load_config
-from core.trainer import NonFiniteWeightsError, Trainer
+from core.train import NonFiniteWeightsError, Trainer
+from core.train.selection import Verdict
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.dist import DistInfo
 
@@ -359,7 +360,7 @@ def test_non_finite_gradient_is_skipped_and_weights_never_saved_non_finite(data_
     with torch.no_grad():
         w.fill_(float("nan"))  # weights gone bad some other way: they must never be saved
     with pytest.raises(NonFiniteWeightsError, match="became non-finite.*last.pth and best.pth keep"):
-        t.save(is_best=True)
+        t.save(Verdict(score=0.9, best_before=0.1, best_epoch_before=1, improved=True, stop_reason=""))
     assert (tmp_path / "last.pth").read_bytes() == saved
     assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "best.pth")["model"].values()
                if v.is_floating_point())

@@ -6,7 +6,7 @@ import torch
 from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs import load_config
-from core.trainer import Trainer
+from core.train import Trainer
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo
 
@@ -75,7 +75,7 @@ def test_resume_of_finished_run_says_so(data_root, tmp_path, capsys):
 
 
 def test_non_finite_loss_steps_are_skipped_then_stop(data_root, tmp_path, monkeypatch):
-    from core.trainer import NonFiniteLossError
+    from core.train import NonFiniteLossError
     t = Trainer(cfg_for(data_root, **{"train.max_bad_steps": 2}), CPU, tmp_path)
     before = {k: v.clone() for k, v in t.model.named_parameters()}
     real = t.criterion

@@ -125,5 +125,5 @@ def test_registry_and_assigner_check():
     assert LOSSES["dfl"] is V9Loss
     from configs import load_config
     with pytest.raises(ConfigError, match=r"assign.method='nearby_grid' does not train the dfl head of "
-                                          r"model.name='v9-t'; methods that do: \['task_aligned'\]"):
+                                          r"model.name='v9-t'; methods that do: \['atss', 'simota', 'task_aligned'\]"):
         load_config("bccd_v9t", ["assign.method=nearby_grid"]).validate()

@@ -1,0 +1,5 @@
+"""Training: the Trainer and the units it wires (step, selection, freezing, state)."""
+from core.train.step import NonFiniteLossError, TrainStep
+from core.train.trainer import NonFiniteWeightsError, Trainer
+
+__all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "TrainStep", "Trainer"]

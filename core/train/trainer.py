@@ -1,0 +1,334 @@
+"""Trainer: fit -> train_one_epoch -> train_step, validate, save, resume. Read it top to bottom.
+
+The pieces it wires live in their own units: the step with accumulation, clipping, EMA and the
+non-finite guard (core/train/step.py), best / top-K / early stopping (selection.py), freezing
+(freezing.py), RNG states, resume checks and weight transfer (state.py).
+
+Survival: a stop request (SIGTERM/SIGINT, wired in core/tasks.py) ends the run at the next
+optimizer-step boundary with last.pth holding the mid-epoch position and the RNG state of every
+rank; a resume continues exactly there. Every ``train.save_interval_min`` minutes last.pth is
+also written inside the epoch, so a SIGKILL or a lost node costs at most that much training.
+All ranks take every decision together (one all-reduce per step), so DDP never waits forever.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from core.builders import build_eval_loader, build_train_loader, resolve_class_names
+from core.evaluator import Evaluator
+from core.train.freezing import FreezeSchedule
+from core.train.selection import Selection
+from core.train.state import check_resume_config, gather_rng_states, load_for_resume, rank_rng, transfer_weights
+from core.train.step import NonFiniteLossError, TrainStep
+from models import build_loss, build_model
+from utils.checkpoint import CheckpointError, non_finite_tensors, remove_stale_tmp, save_checkpoint, set_rng_state
+from utils.dist import DistInfo, any_rank, seed_everything, unwrap, wrap_ddp
+from utils.ema import ModelEMA
+from utils.logging import (
+    TBWriter,
+    WandbWriter,
+    check_wandb,
+    epoch_summary,
+    flatten_scalars,
+    memory_scalars,
+    release_free_memory,
+)
+from utils.model_info import model_summary
+from utils.optim import accumulation_steps, build_optimizer
+from utils.scheduler import build_scheduler
+
+__all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "Trainer"]
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The weights hold NaN/Inf; nothing is saved over the last finite checkpoints."""
+
+
+class Trainer:
+    """Trains cfg's model on its train split and validates on its val split.
+
+    run_dir: where checkpoints, logs and metrics go. resume: a checkpoint to continue from (its
+    whole training state is restored, mid-epoch included; cfg.train.epochs may extend the run).
+    :meth:`request_stop` (from a signal handler) ends :meth:`fit` early with last.pth written;
+    ``interrupted`` then says so.
+    """
+
+    def __init__(self, cfg, dist: DistInfo, run_dir: Path, resume: str | None = None) -> None:
+        self.cfg, self.dist, self.run_dir, self.device = cfg, dist, Path(run_dir), dist.device
+        t = cfg.train
+        if t.wandb:
+            check_wandb(cfg)  # a bad mode or a missing package fails now, not after the first epoch
+        seed_everything(t.seed, dist.rank, t.deterministic)
+        resolve_class_names(cfg)  # before the model: the class count comes from the data
+        cfg.validate()
+        self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
+        self.val_loader, val_records = build_eval_loader(cfg, dist, "val")
+        self.model = build_model(cfg)
+        if t.init_weights and not resume:
+            transfer_weights(self.model, t.init_weights, cfg.model.name)
+        memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=memory_format)
+        if dist.is_main:
+            logger.info(model_summary(self.model, cfg.data.img_size))
+        optimizer = build_optimizer(cfg.optim, self.model, t.batch_size)
+        self.iters_per_epoch = len(self.train_loader)
+        scheduler = build_scheduler(cfg.sched, optimizer, self.iters_per_epoch, t.epochs,
+                                    accumulation_steps(cfg.optim.nominal_batch, t.batch_size))
+        self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
+        self.stepper = TrainStep(self.model, build_loss(cfg, self.model), optimizer, scheduler, self.ema,
+                                 device=self.device, memory_format=memory_format, amp=t.amp,
+                                 grad_clip=cfg.optim.grad_clip, max_bad_steps=t.max_bad_steps)
+        self.freeze = FreezeSchedule(self.model, t.freeze, t.freeze_epochs)
+        self.selection = Selection(self.run_dir, t.monitor, t.patience, t.min_delta, t.save_top_k)
+        self.evaluator = Evaluator(cfg, val_records, dist)
+        self.tb = TBWriter(self.run_dir / "tb" if dist.is_main else None)
+        if t.wandb and dist.is_main:
+            self.tb.attach_wandb(WandbWriter(self.run_dir, cfg))
+        # The position: epochs done and batches of the current epoch done (iterations: stepper.step).
+        self.epoch, self.epoch_iter, self._epoch_sums = 0, 0, {}
+        self.stop_signal: int | None = None  # set by request_stop
+        self.interrupted = False  # fit ended on a stop request; last.pth holds the position
+        self._stop_announced, self._saved_at = False, time.monotonic()
+        self._pending_rng: dict | None = None  # RNG state to restore when the next batches start
+        self.last_metrics: dict = {}
+        self.train_seconds, self.train_images = 0.0, 0  # this process's training throughput
+        if dist.is_main:
+            remove_stale_tmp(self.run_dir)
+        if resume:
+            self.resume(resume)
+
+    # The step's state, under the names the loop and its tests read.
+    optimizer = property(lambda self: self.stepper.optimizer)
+    scheduler = property(lambda self: self.stepper.scheduler)
+    step = property(lambda self: self.stepper.step)
+    last_opt_step = property(lambda self: self.stepper.last_opt_step)
+    bad_steps = property(lambda self: self.stepper.bad_steps)
+    criterion = property(lambda self: self.stepper.criterion,
+                         lambda self, fn: setattr(self.stepper, "criterion", fn))
+
+    # -- the loop -------------------------------------------------------------------
+    def fit(self, stop_after_epoch: int | None = None) -> dict:
+        """Train until cfg.train.epochs, early stopping or a stop request (or stop_after_epoch, for tests)."""
+        cfg, sel = self.cfg, self.selection
+        if self.epoch >= cfg.train.epochs:
+            logger.warning(f"this run already trained {self.epoch} of {cfg.train.epochs} epochs; "
+                           f"pass train.epochs=N (N > {self.epoch}) to extend it")
+            return self.last_metrics
+        if sel.stopped(self.epoch):
+            logger.warning(f"this run stopped early after epoch {self.epoch}: {sel.stop_reason}; pass a "
+                           f"larger train.patience (or 0) to continue it")
+            return self.last_metrics
+        sel.stop_reason = ""
+        where = f", from iteration {self.epoch_iter} of epoch {self.epoch + 1}" if self.epoch_iter else ""
+        logger.info(f"training {cfg.name}: epochs {self.epoch + 1}..{cfg.train.epochs}{where}, "
+                    f"{self.iters_per_epoch} iterations/epoch, global batch {cfg.train.batch_size}, "
+                    f"world size {self.dist.world_size}, device {self.device}, run dir {self.run_dir}")
+        while self.epoch < cfg.train.epochs:
+            t0 = time.time()
+            if self.freeze.set_epoch(self.epoch) or self.stepper.ddp_model is self.model:
+                self.stepper.ddp_model = wrap_ddp(self.model, self.dist)  # DDP registers the trainable tensors
+            losses = self.train_one_epoch(self.epoch)
+            if self.interrupted:
+                break
+            self.epoch += 1
+            self.epoch_iter, self._epoch_sums = 0, {}
+            last = self.epoch == cfg.train.epochs
+            verdict = None
+            if last or self.epoch % cfg.train.eval_interval == 0:
+                self.last_metrics = self.validate()
+                verdict = sel.update(self.epoch, self.last_metrics.get(cfg.train.monitor, float("nan")), last)
+            saved = self.save(verdict)
+            release_free_memory()  # cycles left by validation; freed heap back to the OS
+            self.tb.add_scalars({f"epoch/{k}": v for k, v in losses.items()} | memory_scalars(self.device), self.epoch)
+            best = (verdict.best_before, verdict.best_epoch_before) if verdict else (sel.best, sel.best_epoch)
+            logger.info(epoch_summary(self.epoch, cfg.train.epochs, time.time() - t0, losses,
+                                      verdict.score if verdict else None, best[0], best[1] or None,
+                                      bool(verdict and verdict.improved), saved, cfg.train.monitor))
+            if verdict is not None and (cfg.train.monitor != "mAP" or cfg.train.patience > 0):
+                logger.info(sel.line(verdict, self.epoch))
+            if sel.stop_reason:
+                logger.warning(f"early stopping after epoch {self.epoch}: {sel.stop_reason}")
+                break
+            if not last and any_rank(self.stop_signal is not None, device=self.device)[0]:  # during val/save
+                self._stop(f"after epoch {self.epoch}")
+                break
+            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                break
+        self.tb.close()
+        return self.last_metrics
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        """Train the (remaining) batches of ``epoch``; returns the epoch's mean loss terms."""
+        self.freeze.train_mode()
+        batches, sums = self._batches(epoch), self._epoch_sums
+        t0 = time.perf_counter()
+        bar = tqdm(total=self.iters_per_epoch, initial=self.epoch_iter, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        for images, targets, _ in batches:
+            parts = self.train_step(images, targets, flush=self.epoch_iter == self.iters_per_epoch - 1)
+            self.epoch_iter += 1
+            self.train_images += images.shape[0]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.update()
+            bar.set_postfix({**{k: f"{v / self.epoch_iter:.3f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
+            if self.step % self.cfg.train.log_interval == 0:
+                self.tb.add_scalars({f"train/{k}": v for k, v in parts.items()} | {"train/lr": lr}, self.step)
+            # One all-reduce: whether any rank was asked to stop and whether rank 0's save interval has
+            # passed, so every rank takes the same branch at the same step.
+            stop, save_due = any_rank(self.stop_signal is not None, self._interval_save_due(), device=self.device)
+            self._announce_stop()
+            if self.step != self.last_opt_step:  # an accumulated gradient is pending: not a boundary
+                continue
+            if stop:
+                self.save()
+                self._stop(f"at epoch {epoch + 1}, iteration {self.epoch_iter}/{self.iters_per_epoch} "
+                           f"(step {self.step})")
+                break
+            if save_due and self.epoch_iter < self.iters_per_epoch:
+                self.save()
+                logger.info(f"in-epoch save: last.pth holds epoch {epoch + 1}, iteration {self.epoch_iter}/"
+                            f"{self.iters_per_epoch} (train.save_interval_min={self.cfg.train.save_interval_min:g})")
+        bar.close()
+        self.train_seconds += time.perf_counter() - t0
+        return {k: round(v / max(self.iters_per_epoch, 1), 4) for k, v in sums.items()}
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, flush: bool = False) -> dict[str, float]:
+        """One iteration (core/train/step.py): the loss terms, or {} for a skipped step."""
+        return self.stepper(images, targets, flush)
+
+    def _batches(self, epoch: int):
+        """The train loader's iterator for ``epoch``, past the batches a resumed epoch already trained.
+
+        The RNG state saved with the position is restored where the uninterrupted run had it: before
+        the iterator at an epoch boundary, after it mid-epoch. The samplers (set_start) skip the
+        trained batches without loading them.
+        """
+        self.train_sampler.set_epoch(epoch)
+        self.train_loader.dataset.set_epoch(epoch)
+        if self.epoch_iter == 0:
+            self._restore_rng()
+            return iter(self.train_loader)
+        self.train_sampler.set_start(self.epoch_iter * self.train_loader.batch_size)
+        batches = iter(self.train_loader)
+        self._restore_rng()
+        return batches
+
+    def _restore_rng(self) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    # -- stopping -----------------------------------------------------------------------
+    def request_stop(self, signum: int) -> None:
+        """Ask :meth:`fit` to stop at the next optimizer-step boundary and write last.pth (signal-safe:
+        it only sets a flag; the trainer logs the request at the step's end)."""
+        self.stop_signal = signum
+
+    def _announce_stop(self) -> None:
+        if self.stop_signal is not None and not self._stop_announced:
+            self._stop_announced = True
+            again = " (Ctrl-C again stops at once)" if self.stop_signal == signal.SIGINT else ""
+            logger.warning(f"{signal.Signals(self.stop_signal).name} received: finishing the current step, "
+                           f"then writing last.pth and exiting{again}")
+
+    def _stop(self, where: str) -> None:
+        self._announce_stop()
+        self.interrupted = True
+        logger.warning(f"stopped on request {where}; last.pth holds this position. Resume with --task train "
+                       f"--ckpt {self.run_dir / 'last.pth'}")
+
+    def _interval_save_due(self) -> bool:
+        """On rank 0 (the others say False; the all-reduce spreads it): last.pth is older than
+        ``train.save_interval_min``."""
+        minutes = self.cfg.train.save_interval_min
+        return self.dist.is_main and minutes > 0 and time.monotonic() - self._saved_at >= 60 * minutes
+
+    # -- validation and checkpoints ---------------------------------------------------
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.ema if self.ema is not None else self.model
+
+    def validate(self) -> dict:
+        """Score the EMA (or raw) model on the val split; rank 0 shows the dashboard, writes run_dir/val."""
+        out = self.run_dir / "val" if self.dist.is_main else None
+        metrics = self.evaluator.run(self.eval_model(), self.val_loader, out, epoch=self.epoch)
+        self.tb.add_scalars(flatten_scalars(metrics, "val"), self.epoch)
+        if self.dist.is_main:
+            best_before = max((h["mAP"] for h in self.evaluator.history or [] if h["epoch"] < self.epoch), default=-1.0)
+            self.evaluator.show(metrics, out, epoch=self.epoch, total_epochs=self.cfg.train.epochs,
+                                best_before=best_before)
+        return metrics
+
+    def state_dict(self, rngs: list[dict] | None = None) -> dict:
+        """The whole training state; ``rngs``: the RNG state of every rank (default: this process's)."""
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            **self.stepper.state_dict(), "epoch": self.epoch, "epoch_iter": self.epoch_iter,
+            "epoch_sums": dict(self._epoch_sums), **self.selection.state_dict(),
+            "metrics": {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float))},
+            "rng": rngs if rngs is not None else gather_rng_states(self.dist),
+            "config": self.cfg.to_dict(), "class_names": list(self.cfg.data.class_names),
+        }
+
+    def save(self, verdict=None) -> list[str]:
+        """Write best.pth (``verdict`` improved), a top-K file (when its score ranks) and last.pth;
+        returns the file names written. Every rank calls it (the RNG states of all ranks are
+        gathered), rank 0 writes.
+
+        Raises:
+            NonFiniteWeightsError: the model or EMA holds NaN/Inf; the files on disk are left as they are.
+        """
+        bad = non_finite_tensors(unwrap(self.model).state_dict(), "model.")
+        if self.ema is not None:
+            bad += non_finite_tensors(self.ema.ema.state_dict(), "ema.")
+        if bad:
+            raise NonFiniteWeightsError(f"the weights became non-finite by step {self.step} ({len(bad)} "
+                                        f"tensors, e.g. {bad[:3]}); nothing saved, so last.pth and best.pth "
+                                        "keep the last finite weights")
+        rngs = gather_rng_states(self.dist)
+        if not self.dist.is_main:
+            return []
+        state, written = self.state_dict(rngs), []
+        if verdict is not None and verdict.improved:
+            save_checkpoint(state, self.run_dir / "best.pth")
+            written.append("best.pth")
+        if verdict is not None and (name := self.selection.top_k.add(state, self.epoch, verdict.score)):
+            written.append(name)
+            state["top_k"] = self.selection.top_k.state_dict()
+        save_checkpoint(state, self.run_dir / "last.pth")
+        self._saved_at = time.monotonic()
+        return written + ["last.pth"]
+
+    def resume(self, path: str) -> None:
+        """Restore the whole training state of ``path``: weights, EMA and its update count, optimizer,
+        schedule, scaler, position (epoch, step, batches of the epoch), best score, early-stopping
+        state, top-K ranking and this rank's RNG state."""
+        ckpt = load_for_resume(path)
+        check_resume_config(path, ckpt["config"], self.cfg.to_dict())
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None and ckpt.get("ema"):
+                self.ema.load_state_dict(ckpt["ema"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: its state does not fit this run's model or optimizer "
+                                  f"({str(e).splitlines()[0]})") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.stepper.load_state_dict(ckpt)
+        self.selection.load_state_dict(ckpt)
+        self.epoch, self.epoch_iter = int(ckpt["epoch"]), int(ckpt.get("epoch_iter", 0))
+        self._epoch_sums = dict(ckpt.get("epoch_sums", {}))
+        self.last_metrics = dict(ckpt.get("metrics", {}))
+        self._pending_rng = rank_rng(ckpt.get("rng"), self.dist)
+        where = f", iteration {self.epoch_iter} of epoch {self.epoch + 1}" if self.epoch_iter else ""
+        logger.info(f"resumed from {path}: epoch {self.epoch}{where}, step {self.step}, best "
+                    f"{self.cfg.train.monitor} {self.selection.best:.4f}")
