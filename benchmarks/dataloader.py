@@ -31,6 +31,7 @@ from loguru import logger
 
 from configs.bccd_yolo_r18 import BccdYoloR18
 from core.builders import build_train_loader
+from core.checks import validate
 from utils.dist import DistInfo, set_cpu_threads
 
 SIZE, BATCH = 640, 16
@@ -49,7 +50,7 @@ def make_config(cache: str, workers: int, cache_dir: str, mixup: float) -> BccdY
     a = cfg.aug
     a.mosaic_prob, a.mixup_prob, a.scale, a.translate = 1.0, mixup, (0.1, 1.9), 0.1
     a.hsv_h, a.hsv_s, a.hsv_v, a.hflip_prob, a.vflip_prob = 0.015, 0.7, 0.4, 0.5, 0.5
-    return cfg.validate()
+    return validate(cfg)
 
 
 def samples_per_second(loader, batches: int) -> float:

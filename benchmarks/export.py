@@ -36,6 +36,7 @@ from loguru import logger
 from configs import apply_overrides
 from configs.base_config import BaseConfig
 from core.builders import load_weights
+from core.checks import validate
 from core.evaluator import Evaluator, build_val_loader
 from core.export import deployment_form, export_model
 from core.qat import run_qat
@@ -51,7 +52,7 @@ FORMATS = ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
 def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
     cfg = config_from_data(load_checkpoint(ckpt, required=("config",))["config"], ckpt)
     apply_overrides(cfg, ["eval.plots=False", "eval.save_json=False", "eval.dashboard=False"] + overrides)
-    return cfg.validate()
+    return validate(cfg)
 
 
 def score(cfg: BaseConfig, model) -> float:

@@ -14,6 +14,7 @@ from a checkpoint do not import the config module.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,10 +349,14 @@ class BaseConfig:
     def num_classes(self) -> int:
         return len(self.data.class_names)
 
-    def validate(self) -> BaseConfig:
-        """Check cross-field rules; raise ConfigError naming the key."""
+    def validate(self, *checks: Callable[[BaseConfig], None]) -> BaseConfig:
+        """The config gate: every rule of configs/validation.py, then ``checks``, the rules of the
+        packages that own registries (core.checks passes models.check_config and
+        datasets.check_config: configs import nothing of them). Raises ConfigError naming the key."""
         from configs.validation import validate_config
         validate_config(self)
+        for check in checks:
+            check(self)
         return self
 
     def __repr__(self) -> str:

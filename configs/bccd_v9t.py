@@ -12,7 +12,6 @@ class BccdV9T(BccdYoloR18):
     def __init__(self):
         super().__init__()
         self.model.name = "v9-t"
-        self.model.activation = "silu"  # v9 blocks use SiLU (informational: the family fixes it)
         self.assign.method = "auto"  # task_aligned: top-k 10, alpha 0.5, beta 6.0, CIoU
         self.loss.box_weight = 7.5  # the YOLOv9 weights: box 7.5, class 0.5, DFL 1.5, aux x0.25
         self.loss.cls_weight = 0.5

@@ -10,6 +10,7 @@ from loguru import logger
 
 from configs import apply_overrides, load_config
 from configs.base_config import BaseConfig, ConfigError
+from core.checks import validate
 from datasets.image_io import ImageError
 from datasets.scan import DatasetError
 from utils.checkpoint import CheckpointError, load_checkpoint
@@ -71,7 +72,7 @@ def config_from_data(stored: dict, source: str) -> BaseConfig:
 
 def run_task(args) -> None:
     close_run_log()  # nothing of this run (e.g. a config error) goes into an earlier run's log file
-    cfg = config_for(args).validate()
+    cfg = validate(config_for(args))
     task = cfg.task
     dist = init_distributed(timeout_s=60 * cfg.train.dist_timeout_min)
     set_cpu_threads(cfg.train.num_threads)

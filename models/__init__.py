@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from loguru import logger
 
-from configs.base_config import ConfigError
+from configs.base_config import BaseConfig, ConfigError
 from models.assigners import ASSIGNERS, assigner_class, build_assigner
-from models.backbones import build_backbone
+from models.backbones import BACKBONES, build_backbone
 from models.coders import CODERS
 from models.detector import Detector, DetectorBase
 from models.heads.anchor_head import AnchorHead
 from models.layers import scale_channels
 from models.losses import LOSSES
-from models.necks import build_neck
+from models.necks import NECKS, build_neck
 from models.nets import NETS, build_net
 
 # The assignment a family trains with when assign.method = "auto".
@@ -56,6 +56,56 @@ def check_assignment(cfg) -> None:
         raise ConfigError(f"assign.method={method!r} does not train the {family} head of model.name="
                           f"{cfg.model.name!r}; methods that do: {fits} (or 'auto')")
     build_assigner(method, cfg.assign.options)
+
+
+# Config fields read by one network family only; the others ignore them, and a config that sets one
+# for a family that ignores it is refused (or, when the experiment class set it, warned about once).
+_YOLO_FIELDS = ("model.backbone", "model.channel_sparsity", "model.activation", "model.neck",
+                "model.neck_channels", "model.strides", "model.anchors", "model.anchor_ref_size",
+                "model.obj_bias_prior")
+_ANCHOR_LOSS_FIELDS = ("loss.obj_weight", "loss.noobj_weight", "loss.focal_gamma", "loss.obj_target",
+                       "loss.level_weights", "loss.ignore_iou", "loss.label_smoothing")
+_DFL_LOSS_FIELDS = ("loss.dfl_weight", "loss.aux_weight")
+_warned: set[tuple[str, str]] = set()  # (model name, field) already warned about in this process
+
+
+def ignored_fields(name: str) -> tuple[str, ...]:
+    """The config fields model.name=``name`` does not read (its network and its loss)."""
+    if name == "yolo":
+        return ("model.aux", *_DFL_LOSS_FIELDS)
+    loss = _ANCHOR_LOSS_FIELDS if model_family(name) == "dfl" else (*_DFL_LOSS_FIELDS, "model.aux")
+    return (*_YOLO_FIELDS, *loss)
+
+
+def check_ignored_fields(cfg) -> None:
+    """Refuse a field the model family ignores when it differs from the default: an ablation that
+    changes nothing must not look like one. A value the experiment class itself set (a setting it
+    shares with other families, or a stored config) is warned about once instead."""
+    defaults, own = BaseConfig(), type(cfg)()
+    for key in ignored_fields(cfg.model.name):
+        value = cfg.get(key)
+        if value == defaults.get(key):
+            continue
+        if value != own.get(key) and type(cfg) is not BaseConfig:
+            raise ConfigError(f"{key}={value!r} has no effect: model.name={cfg.model.name!r} does not read it "
+                              f"(fields it ignores: {', '.join(ignored_fields(cfg.model.name))})")
+        if (cfg.model.name, key) not in _warned:
+            _warned.add((cfg.model.name, key))
+            logger.warning(f"{key}={value!r} is set by {type(cfg).__name__} but model.name={cfg.model.name!r} "
+                           "does not read it")
+
+
+def check_config(cfg) -> None:
+    """The model part of the config gate (configs.BaseConfig.validate): registry names, the assigner
+    and its options for this head, and fields the family ignores. ConfigError names the key."""
+    choices = {"model.name": MODELS, "assign.method": ("auto", *ASSIGNERS)}
+    if cfg.model.name == "yolo":
+        choices |= {"model.backbone": BACKBONES, "model.neck": NECKS}
+    for key, valid in choices.items():
+        if cfg.get(key) not in valid:
+            raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {sorted(valid)}")
+    check_assignment(cfg)
+    check_ignored_fields(cfg)
 
 
 def build_assigner_for(cfg):
@@ -126,4 +176,4 @@ def build_model(cfg) -> DetectorBase:
 
 
 __all__ = ["MODELS", "assign_method", "build_assigner", "build_assigner_for", "build_loss", "build_model",
-           "model_family", "scaled_anchors"]
+           "check_config", "model_family", "scaled_anchors"]

@@ -21,6 +21,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from core.builders import build_eval_loader, build_train_loader, resolve_class_names
+from core.checks import validate
 from core.evaluator import Evaluator
 from core.train.freezing import FreezeSchedule
 from core.train.selection import Selection
@@ -66,7 +67,7 @@ class Trainer:
             check_wandb(cfg)  # a bad mode or a missing package fails now, not after the first epoch
         seed_everything(t.seed, dist.rank, t.deterministic)
         resolve_class_names(cfg)  # before the model: the class count comes from the data
-        cfg.validate()
+        validate(cfg)  # again: the class names found in the data are part of the config now
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
         self.val_loader, val_records = build_eval_loader(cfg, dist, "val")
         self.model = build_model(cfg)

@@ -1,8 +1,10 @@
 """Config loading, typed strict overrides, validation, and plain-data round trip."""
 import pytest
+from loguru import logger
 
 from configs import load_config, parse_override, resolve_config_path
 from configs.base_config import BaseConfig, ConfigError
+from core.checks import validate
 
 
 def test_default_config_is_my_config():
@@ -18,7 +20,7 @@ def test_load_by_name_and_path_give_the_same_config():
 
 
 def test_voc_recipe():
-    c = load_config("voc_yolo_r18").validate()
+    c = validate(load_config("voc_yolo_r18"))
     assert (c.assign.options, c.loss.box, c.loss.focal_gamma, c.optim.name, c.train.ema, c.train.epochs) == (
         {"match_iou_thres": 0.0625, "filter_by_max_iou": True}, "ciou", 3.5, "adam", True, 400)
     assert c.data.train_sets == ["VOC2007/trainval", "VOC2012/trainval"] and c.data.val_sets == ["VOC2007/test"]
@@ -61,7 +63,7 @@ def test_bad_overrides_name_the_key(text, message):
 ])
 def test_validate_rejects(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("bccd_yolo_r18", [override]).validate()
+        validate(load_config("bccd_yolo_r18", [override]))
 
 
 def test_to_dict_round_trip_is_plain_data():
@@ -111,7 +113,7 @@ def test_from_dict_of_an_older_version_skips_removed_keys_with_a_warning():
 
 @pytest.mark.parametrize("size", ["t", "s", "m", "c", "e"])
 def test_coco_v9_recipes_carry_the_original_defaults(size):
-    c = load_config(f"coco_v9{size}").validate()
+    c = validate(load_config(f"coco_v9{size}"))
     assert c.name == f"coco_v9{size}" and c.model.name == f"v9-{size}" and c.data.format == "coco"
     assert (c.assign.method, c.assign.options) == ("task_aligned", {"topk": 10, "alpha": 0.5, "beta": 6.0})
     assert (c.loss.box_weight, c.loss.cls_weight, c.loss.dfl_weight, c.loss.aux_weight) == (7.5, 0.5, 1.5, 0.25)
@@ -126,9 +128,35 @@ def test_version_1_configs_migrate_their_assign_fields():
     del v1["version"]
     v1["assign"] = {"method": "task_aligned", "match_iou_thres": 0.0625, "filter_by_max_iou": True,
                     "ensure_one_match": True, "topk": 13, "alpha": 0.5, "beta": 6.0, "anchor_t": 4.0}
-    c = BaseConfig.from_dict(v1, strict=False).validate()
+    c = validate(BaseConfig.from_dict(v1, strict=False))
     assert (c.assign.method, c.assign.options) == ("task_aligned", {"topk": 13})
     assert c.to_dict()["version"] == 2
     newer = {**c.to_dict(), "version": 3}
     with pytest.raises(ConfigError, match="newer version of this repo \\(config version 3; this one reads up to 2"):
         BaseConfig.from_dict(newer)
+
+
+def test_fields_the_family_ignores_are_refused_or_warned_once(tmp_path):
+    """An ablation that changes nothing must not look like one."""
+    with pytest.raises(ConfigError, match=r"loss.focal_gamma=2.0 has no effect: model.name='v9-t' does not read "
+                                          r"it \(fields it ignores: .*model.channel_sparsity"):
+        validate(load_config("bccd_v9t", ["loss.focal_gamma=2.0"]))
+    with pytest.raises(ConfigError, match="loss.dfl_weight=3.0 has no effect: model.name='yolo'"):
+        validate(load_config("bccd_yolo_r18", ["loss.dfl_weight=3.0"]))
+    validate(load_config("bccd_yolo_r18", ["loss.focal_gamma=2.0"]))  # read by the anchor loss
+    # A value set by the experiment class (shared with another family) is a warning, once.
+    path = tmp_path / "shared.py"
+    path.write_text("from configs.bccd_v9t import BccdV9T\n\n\nclass Shared(BccdV9T):\n"
+                    "    def __init__(self):\n        super().__init__()\n        self.loss.focal_gamma = 1.5\n")
+    seen = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="WARNING")
+    try:
+        validate(load_config(str(path)))
+        validate(load_config(str(path)))
+        stored = BaseConfig.from_dict(load_config("bccd_v9t", ["loss.label_smoothing=0.1"]).to_dict())
+        validate(stored)  # a stored config (a checkpoint's) is data: warned about, never refused
+    finally:
+        logger.remove(sink)
+    assert sum("loss.focal_gamma=1.5 is set by Shared but model.name='v9-t' does not read it" in m
+               for m in seen) == 1
+    assert sum("loss.label_smoothing=0.1 is set by BaseConfig" in m for m in seen) == 1

@@ -8,6 +8,7 @@ from loguru import logger
 from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs import ConfigError, load_config
+from core.checks import validate
 from core.debugger import draw_assignments_for_config
 from core.train import Trainer
 from models import assign_method, build_model
@@ -24,7 +25,7 @@ def data_root(tmp_path_factory):
 
 
 def cfg_for(root, config="bccd_yolo_r18", **extra):
-    return load_config(config, tiny_overrides(root, **extra))
+    return load_config(config, tiny_overrides(root, yolo=config == "bccd_yolo_r18", **extra))
 
 
 def test_one_line_switches_family(data_root):
@@ -40,9 +41,9 @@ def test_one_line_switches_family(data_root):
 def test_wrong_assigner_for_the_head_is_a_config_error(data_root):
     with pytest.raises(ConfigError, match=r"assign.method='nearby_grid' does not train the dfl head of "
                                           r"model.name='v9-t'; methods that do: \['atss', 'simota', 'task_aligned'\]"):
-        cfg_for(data_root, **{"model.name": "v9-t", "assign.method": "nearby_grid"}).validate()
+        validate(cfg_for(data_root, **{"model.name": "v9-t", "assign.method": "nearby_grid"}))
     with pytest.raises(ConfigError, match="'task_aligned' does not train the anchor head of model.name='yolo'"):
-        cfg_for(data_root, **{"assign.method": "task_aligned"}).validate()
+        validate(cfg_for(data_root, **{"assign.method": "task_aligned"}))
 
 
 def test_v9t_trains_resumes_and_evaluates(data_root, tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from configs.base_config import ConfigError, LossCfg
+from core.checks import validate
 from models.assigners.task_aligned import TaskAlignedAssigner
 from models.coders import CODERS, DistanceCoder
 from models.losses import LOSSES, V9Loss
@@ -126,4 +127,4 @@ def test_registry_and_assigner_check():
     from configs import load_config
     with pytest.raises(ConfigError, match=r"assign.method='nearby_grid' does not train the dfl head of "
                                           r"model.name='v9-t'; methods that do: \['atss', 'simota', 'task_aligned'\]"):
-        load_config("bccd_v9t", ["assign.method=nearby_grid"]).validate()
+        validate(load_config("bccd_v9t", ["assign.method=nearby_grid"]))
