@@ -9,12 +9,6 @@ from torch import Tensor
 EPS = 1e-7
 
 
-def xyxy_to_cxcywh(b: Tensor) -> Tensor:
-    """[..., 4] xyxy -> [..., 4] centre-x, centre-y, width, height."""
-    x1, y1, x2, y2 = b.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), -1)
-
-
 def cxcywh_to_xyxy(b: Tensor) -> Tensor:
     """[..., 4] centre-x, centre-y, width, height -> [..., 4] xyxy."""
     cx, cy, w, h = b.unbind(-1)
