@@ -29,13 +29,13 @@ from loguru import logger
 
 from configs import load_config
 from core.evaluator import compute_metrics
-from datasets import build_records
+from datasets import RecordTable, build_records
 from utils.coco_eval import records_to_coco_gt
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
 
 
-def fake_predictions(records: list, nc: int, max_det: int, seed: int) -> dict[int, dict]:
+def fake_predictions(records: RecordTable, nc: int, max_det: int, seed: int) -> dict[int, dict]:
     """{image_id: {"boxes" [k, 4] xyxy pixels, "scores" [k], "labels" [k]}}, k <= max_det (see docstring)."""
     rng = np.random.default_rng(seed)
     return {int(r.image_id): _image_predictions(r, nc, max_det, rng) for r in records}

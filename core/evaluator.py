@@ -2,6 +2,8 @@
 
 The headline numbers come from faster-coco-eval or pycocotools (utils/coco_eval.py); the
 operative metrics (utils/metrics.py) and plots are computed from the same predictions.
+Predictions travel as flat arrays (utils.detections.Detections): each rank sends its share to
+rank 0 only, which scores and broadcasts the metrics, so no rank but one ever holds them all.
 Files written per validation into ``out_dir``: metrics.json (everything, including the
 confusion matrix and threshold sweep), predictions.json and ground_truth.json (COCO format,
 with the dataset's own category ids ``data.category_ids``), history.json (one line of scalars
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -22,17 +25,14 @@ from tqdm import tqdm
 from configs.base_config import ConfigError
 from core.builders import dataset_for, loader_kwargs
 from core.runtime import model_device
-from datasets import build_dataloader, build_records
+from datasets import RecordTable, build_dataloader, build_records
 from datasets.dataset import to_input
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
-from utils.coco_eval import (
-    coco_evaluate,
-    detections_to_coco_results,
-    records_to_coco_gt,
-    write_json_atomic,
-)
-from utils.dist import DistInfo, all_gather_object, broadcast_object, unwrap
+from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_json_atomic, write_results_json
+from utils.coco_results import CocoResults
+from utils.detections import Detections
+from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
 from utils.metrics import operative_metrics
 
 BENCH_DEVICES = ("auto", "cpu", "cuda", "all")
@@ -71,7 +71,7 @@ def coco_category_ids(cfg) -> list[int]:
     return ids
 
 
-def build_val_loader(cfg, dist: DistInfo) -> tuple[DataLoader, list, int]:
+def build_val_loader(cfg, dist: DistInfo) -> tuple[DataLoader, RecordTable, int]:
     """The loader of --task val over the scored val images (the first ``eval.max_images``, or all),
     with the configured image loader and image cache; returns (loader, scored records, split size).
 
@@ -88,40 +88,49 @@ def build_val_loader(cfg, dist: DistInfo) -> tuple[DataLoader, list, int]:
     return loader, scored, len(records)
 
 
-def compute_metrics(gt: dict, records: list, dets: dict[int, dict], class_names: list[str], eval_cfg,
+def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], class_names: list[str], eval_cfg,
                     backend: str | None = None,
-                    cat_ids: list[int] | None = None) -> tuple[dict, dict, list[dict]]:
+                    cat_ids: list[int] | None = None) -> tuple[dict, dict, CocoResults]:
     """The whole metric computation of one validation, from predictions to numbers.
 
-    gt: ``records_to_coco_gt(records, class_names, cat_ids)``; dets: {image_id: {"boxes" [k, 4]
-    xyxy original pixels, "scores" [k], "labels" [k]}} for every record. backend: overrides
-    eval_cfg.backend. cat_ids: COCO category id of each label, as in ``gt`` (default 1..nc).
+    gt: ``records_to_coco_gt(records, class_names, cat_ids)``; records: a RecordTable (or a list
+    of Records); dets: Detections, or {image_id: {"boxes" [k, 4] xyxy original pixels, "scores"
+    [k], "labels" [k]}}, covering every record. backend: overrides eval_cfg.backend. cat_ids:
+    COCO category id of each label, as in ``gt`` (default 1..nc).
     Returns (metrics, curves, coco_results): metrics = COCO numbers (utils.coco_eval) plus
-    "operative" (utils.metrics report); curves for the plots; the COCO results list.
+    "operative" (utils.metrics report); curves for the plots; the COCO results as arrays.
     """
-    ids = [int(r.image_id) for r in records]
+    ids = _image_ids(records)
     cat_ids = list(cat_ids) if cat_ids is not None else list(range(1, len(class_names) + 1))
-    results = detections_to_coco_results([{"image_id": i, **dets[i]} for i in ids], cat_ids)
+    dets = (dets if isinstance(dets, Detections) else Detections.from_dict(dets)).select(ids)
+    results = CocoResults.from_detections(dets, cat_ids)
     metrics = coco_evaluate(gt, results, class_names, backend=backend or eval_cfg.backend, img_ids=ids)
     gts = [{"boxes": r.boxes, "labels": r.labels, "ignore": r.ignore, "file": r.file} for r in records]
-    report, curves = operative_metrics([dets[i] for i in ids], gts, class_names, conf=eval_cfg.conf_prod,
+    report, curves = operative_metrics(dets.per_image(), gts, class_names, conf=eval_cfg.conf_prod,
                                        match_iou=eval_cfg.match_iou, sweep_confs=eval_cfg.sweep_confs,
                                        max_det=eval_cfg.max_det)
     metrics["operative"] = report
     return metrics, curves, results
 
 
+def _image_ids(records) -> list[int]:
+    """Image ids of a RecordTable (one array) or of any sequence of records."""
+    ids = getattr(records, "image_ids", None)
+    return ids.tolist() if ids is not None else [int(r.image_id) for r in records]
+
+
 class Evaluator:
     """run(model, loader, out_dir, epoch) -> metrics dict (same on every rank); show() prints the dashboard.
 
-    Each rank predicts its share; predictions are gathered and de-duplicated by image id
+    Each rank predicts its share; predictions are gathered to rank 0 and de-duplicated by image id
     (DistributedSampler pads with repeated images), so N processes score like one.
-    records: the images scored; num_images_total: images in the split (default len(records)).
+    records: the images scored (a RecordTable; a list of Records is converted); num_images_total:
+    images in the split (default len(records)).
     """
 
     def __init__(self, cfg, records: list, dist: DistInfo, num_images_total: int | None = None) -> None:
         check_eval_cfg(cfg)
-        self.cfg, self.records, self.dist = cfg, records, dist
+        self.cfg, self.records, self.dist = cfg, RecordTable.coerce(records), dist
         self.class_names = list(cfg.data.class_names)
         self.cat_ids = coco_category_ids(cfg)  # results and ground truth keep the dataset's ids
         self.num_images_total = len(records) if num_images_total is None else int(num_images_total)
@@ -143,7 +152,7 @@ class Evaluator:
         was_training = getattr(net, "training", False)
         net.eval()
         e, out = self.cfg.eval, {}
-        wanted = {int(r.image_id) for r in self.records}
+        wanted = set(self.records.image_ids.tolist())
         last = max(wanted, default=0)
         device = model_device(net)
         for images, _, metas in tqdm(loader, desc="val", disable=not self.dist.is_main, leave=False):
@@ -161,20 +170,23 @@ class Evaluator:
 
     def run(self, model: torch.nn.Module, loader, out_dir: Path | None = None,
             epoch: int | None = None) -> dict:
-        """Predict, gather, score on rank 0 (files into out_dir), broadcast the metrics."""
-        local = self.predict(model, loader)
-        merged: dict[int, dict] = {}
-        for part in all_gather_object(local):
-            merged.update(part)  # duplicates from sampler padding collapse onto one image id
-        metrics = self.score(merged, out_dir, epoch) if self.dist.is_main else None
+        """Predict, gather to rank 0, score there (files into out_dir), broadcast the metrics."""
+        parts = gather_object(Detections.from_dict(self.predict(model, loader)))
+        metrics = None
+        if self.dist.is_main:  # duplicates from sampler padding collapse onto one image id
+            metrics = self.score(Detections.concat(parts), out_dir, epoch)
         return broadcast_object(metrics)
 
-    def score(self, dets: dict[int, dict], out_dir: Path | None = None, epoch: int | None = None) -> dict:
-        """All metrics of ``dets``; writes JSON and plots into out_dir when given."""
+    def score(self, dets: Detections | Mapping[int, dict], out_dir: Path | None = None,
+              epoch: int | None = None) -> dict:
+        """All metrics of ``dets`` (Detections, or {image_id: {"boxes", "scores", "labels"}});
+        writes JSON and plots into out_dir when given."""
         t0 = time.perf_counter()
         if self._gt is None:
             self._gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
-        missing = {r.image_id for r in self.records} - set(dets)
+        if not isinstance(dets, Detections):
+            dets = Detections.from_dict(dets)
+        missing = set(self.records.image_ids.tolist()) - set(dets.image_ids.tolist())
         if missing:
             raise RuntimeError(f"no predictions were produced for {len(missing)} val images "
                                f"(e.g. image ids {sorted(missing)[:5]})")
@@ -229,11 +241,11 @@ class Evaluator:
         # A resumed run validates an epoch again: its new line replaces the old ones from there on.
         self.history = [h for h in self.history if h["epoch"] < epoch] + [history_entry(metrics, epoch)]
 
-    def _write(self, out_dir: Path, metrics: dict, curves: dict, results: list, epoch: int | None) -> None:
+    def _write(self, out_dir: Path, metrics: dict, curves: dict, results: CocoResults, epoch: int | None) -> None:
         e = self.cfg.eval
         if e.save_json:
             write_json_atomic(out_dir / "metrics.json", metrics)
-            write_json_atomic(out_dir / "predictions.json", results)
+            write_results_json(out_dir / "predictions.json", results)
             write_json_atomic(out_dir / "ground_truth.json", self._gt)
         if self.history is not None:
             write_json_atomic(out_dir / "history.json", self.history)

@@ -1,4 +1,4 @@
-"""Datasets: parsers -> scanned Records -> DetectionDataset -> DataLoader.
+"""Datasets: parsers -> scanned records (a RecordTable) -> DetectionDataset -> DataLoader.
 
 ``DATASETS`` maps ``cfg.data.format`` to a parser class (``datasets.parser.Parser``) built
 with the config: ``"voc"`` (Pascal VOC xml), ``"coco"`` (COCO json), ``"yolo"`` (YOLO txt).
@@ -14,7 +14,7 @@ from datasets.coco import CocoParser
 from datasets.dataset import DetectionDataset, build_dataloader, collate_fn, to_input
 from datasets.label_cache import cached_scan, split_cache_dir
 from datasets.parser import Parser
-from datasets.records import Record
+from datasets.records import Record, RecordTable
 from datasets.scan import DatasetError, ScanReport
 from datasets.voc import VocParser
 from datasets.yolo import YoloParser
@@ -26,6 +26,7 @@ __all__ = [
     "DatasetError",
     "DetectionDataset",
     "Record",
+    "RecordTable",
     "ScanReport",
     "build_dataloader",
     "build_parser",
@@ -58,7 +59,7 @@ def category_ids(cfg: Any) -> list[int]:
     return list(range(1, len(names) + 1))
 
 
-def build_records(cfg: Any, split: str) -> tuple[list[Record], ScanReport]:
+def build_records(cfg: Any, split: str) -> tuple[RecordTable, ScanReport]:
     """Scan ``split`` ("train" or "val") of the configured dataset and log the summary.
 
     Goes through the label cache when ``data.cache_labels`` is set. Class names are

@@ -17,9 +17,12 @@ workers and after a resume alike (the trainer calls ``set_epoch`` with the resum
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
+import os
 import random
 import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from torch.utils.data import (
     DistributedSampler,
     Sampler,
     SequentialSampler,
+    get_worker_info,
 )
 
 from datasets.augment import TrainAugment
@@ -38,15 +42,17 @@ from datasets.image_cache import ImageCache
 from datasets.image_io import ImageError
 from datasets.limits import warn_small_shm, workers_within_file_limit
 from datasets.loaders import ImageLoader, PilLoader
-from datasets.records import Record
+from datasets.records import Record, RecordTable
 from datasets.transforms import (
     boxes_to_letterbox,
     letterbox,
     letterbox_params,
     resize_long_side,
 )
+from utils.memory import release_free_memory, trim_heap
 
 _MAX_REPLACEMENTS = 10  # train: how many other images to try when one fails to decode
+_SAMPLER_CHUNK = 4096  # indices turned into Python ints at a time
 _Item = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (index used, image HWC, boxes [n, 4], labels [n])
 
 
@@ -54,15 +60,17 @@ class DetectionDataset(Dataset):
     """Records -> model inputs. ``train=True`` augments (``datasets.augment``), else letterbox.
 
     Args:
+        records: a RecordTable (a list of Records is converted: workers must not hold one Python
+            object per image, see ``datasets.records``).
         loader: image loader (default PIL); ``image_cache``: cached pixels of the same records.
         epochs: total training epochs, for ``aug.close_mosaic_epochs`` (0 = never close).
     """
 
-    def __init__(self, records: list[Record], class_names: list[str], img_size: int,
+    def __init__(self, records: RecordTable | list[Record], class_names: list[str], img_size: int,
                  aug_cfg: Any = None, train: bool = False, seed: int = 0, *,
                  loader: ImageLoader | None = None, image_cache: ImageCache | None = None,
                  epochs: int = 0) -> None:
-        self.records = records
+        self.records = RecordTable.coerce(records)
         self.class_names = list(class_names)
         self.img_size = img_size
         self.aug_cfg = aug_cfg
@@ -184,10 +192,18 @@ def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]
 
     Images stay uint8 until ``to_input`` on the consumer's device: a quarter of the bytes through
     the workers' shared memory, pinned memory and the host-to-GPU copy.
+
+    In a DataLoader worker, the heap freed by the batch's samples goes back to the OS: glibc keeps
+    the megabyte image buffers of decoding and augmentation in its heap once freed, so a worker
+    would otherwise sit on hundreds of MB of its own high-water mark (measured in
+    benchmarks/scale.py; one trim per batch costs no measurable throughput).
     """
     images = torch.stack([b[0] for b in batch])
     targets = [torch.cat([torch.full((len(b[1]), 1), float(i)), b[1]], dim=1) for i, b in enumerate(batch)]
-    return images, torch.cat(targets, 0) if targets else torch.zeros((0, 6)), [b[2] for b in batch]
+    out = images, torch.cat(targets, 0) if targets else torch.zeros((0, 6)), [b[2] for b in batch]
+    if get_worker_info() is not None:
+        trim_heap()
+    return out
 
 
 def to_input(images: torch.Tensor, device: torch.device | str,
@@ -225,7 +241,10 @@ class SeededRandomSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        order = torch.randperm(self.n, generator=g)[self.start:]
+        # a COCO epoch is 118k indices: as one list of Python ints they would hold 4 MB of objects
+        # in the training process all epoch; chunks of the tensor cost its 8 bytes per index
+        return itertools.chain.from_iterable(chunk.tolist() for chunk in order.split(_SAMPLER_CHUNK))
 
     def __len__(self) -> int:
         return self.n - self.start
@@ -257,16 +276,43 @@ class ShardSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
+def _stop_on_parent_sigterm_only() -> None:
+    """Block SIGTERM in this (single-threaded, just forked) worker and threads it starts later; a
+    daemon thread waits for it and exits the process when the parent is the sender."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
+
+
 class LoaderStallError(RuntimeError):
     """The DataLoader workers delivered no batch within ``data.loader_timeout_s``."""
 
 
 class DetectionLoader(DataLoader):
     """A DataLoader whose timeout (``data.loader_timeout_s``) raises LoaderStallError naming the
-    cause and the setting, instead of torch's bare "DataLoader timed out"."""
+    cause and the setting, instead of torch's bare "DataLoader timed out".
+
+    While its workers are forked, freed heap goes back to the OS and the objects alive in this
+    process are out of reach of the cyclic GC (``gc.freeze``): the workers inherit them frozen, so
+    a collection there never writes into (and so copies) the parent's pages (about 100 MB per
+    worker, measured in benchmarks/scale.py). This process unfreezes them once the workers run.
+    """
 
     def __iter__(self):
-        return _Guarded(super().__iter__(), self)
+        if self.num_workers == 0 or (self._iterator is not None and self.persistent_workers):
+            return _Guarded(super().__iter__(), self)  # no worker is forked
+        release_free_memory()
+        gc.freeze()
+        try:
+            return _Guarded(super().__iter__(), self)
+        finally:
+            gc.unfreeze()
 
 
 class _Guarded:
@@ -294,14 +340,16 @@ class _Guarded:
 
 
 def _worker_init(worker_id: int, seed: int, rank: int) -> None:
-    """Seed numpy/random per worker (and rank), and ignore SIGTERM and SIGINT.
+    """Seed numpy/random per worker (and rank), and let only the parent stop the worker.
 
     A scheduler's stop signal reaches the whole process group (torchrun, SLURM, ``kill -TERM -PGID``,
     Ctrl-C): the workers must outlive it, so the training process can finish its step and write
-    last.pth; it ends them itself when it exits (orphaned workers exit on their own).
+    last.pth. SIGINT is ignored; SIGTERM is taken by a thread that ends the worker only when the
+    parent sent it (the DataLoader's shutdown, multiprocessing at the parent's exit) and ignores
+    everyone else's. Orphaned workers exit on their own (torch's watchdog).
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_on_parent_sigterm_only()
     s = (seed * 1000 + rank * 100 + worker_id) % 2**32
     np.random.seed(s)
     random.seed(s)

@@ -17,6 +17,7 @@ ones it was built with; the log says why.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,22 +31,23 @@ from loguru import logger
 from tqdm import tqdm
 
 from datasets.crypto import Cipher, CryptoError
+from datasets.file_stats import FileStats
 from datasets.image_io import ImageError
 from datasets.label_cache import (
     cipher_for,
-    file_stats,
+    file_identity,
     locked,
     refresh_wanted,
     settings_change,
-    stats_change,
 )
-from datasets.records import Record
+from datasets.records import RecordTable
 from datasets.scan import DatasetError
 from datasets.transforms import resize_long_side
 
-IMAGE_CACHE_VERSION = 1
+IMAGE_CACHE_VERSION = 2  # 2: file stats and shapes as arrays (1 held one JSON entry per image)
 CACHE_MODES = ("none", "ram", "disk")
-_META = b"__meta__"
+_META = b"__meta__"  # JSON: settings, resize, key check
+_ARRAYS = b"__arrays__"  # npz: file stats and stored (h, w) per image, no Python object per image
 _CHECK = b"image cache key check"
 _CHUNK = 64  # images decoded per write transaction
 _RAM_FRACTION = 0.8  # ram mode only when the cache fits in this fraction of the available memory
@@ -93,6 +95,22 @@ def stored_hw(img_hw: tuple[int, int], resize: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def _stored_shapes(img_hw: np.ndarray, resize: int) -> np.ndarray:
+    """[n, 2] int64 stored (h, w) of images of ``img_hw`` [n, 2] (``stored_hw`` of each)."""
+    return np.array([stored_hw((int(h), int(w)), resize) for h, w in img_hw], np.int64).reshape(-1, 2)
+
+
+def _pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _unpack_arrays(raw: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def _read(path: Path, key: bytes, ino: int | None = None) -> bytes | None:
     env, got = _env_for(path)
     if ino is not None and got != ino:
@@ -109,7 +127,7 @@ class ImageCache:
         self.path, self.mode, self.cipher = path, mode, cipher
         self.ino = os.stat(path).st_ino
         meta = json.loads(_read(path, _META, self.ino))
-        self.shapes = [tuple(s) for s in meta["shapes"]]
+        self.shapes = _unpack_arrays(_read(path, _ARRAYS, self.ino))["shapes"]  # [n, 2] stored (h, w)
         self.resize = int(meta["resize"])
         self._blob: torch.Tensor | None = None
         self._offsets: np.ndarray | None = None
@@ -143,36 +161,42 @@ class ImageCache:
             return None
         if self.cipher is not None:
             raw = self.cipher.decrypt(bytes(raw), f"image cache {self.path} entry {index}", _key(index))
-        h, w = self.shapes[index]
+        h, w = (int(v) for v in self.shapes[index])
         img = (np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else raw).reshape(h, w, 3)
         img.flags.writeable = False  # a view of the shared cache: never modified in place
         return img
 
 
 # -- validity -----------------------------------------------------------------------------
-def _expected(records: list[Record], resize: int, cipher: Cipher | None) -> dict:
-    stats = file_stats([Path(r.file) for r in records])
-    return {"settings": {"version": IMAGE_CACHE_VERSION, "resize": resize, "encrypted": cipher is not None},
-            "files": [[r.file, *stats[r.file], *r.img_hw] for r in records]}
+def _expected(records: RecordTable, resize: int, cipher: Cipher | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """(settings, arrays) a valid cache of ``records`` holds; the files are stat-ed only when a
+    check or a build needs it (``stat_stats`` is -1 here)."""
+    settings = {"version": IMAGE_CACHE_VERSION, "resize": resize, "encrypted": cipher is not None}
+    return settings, {**FileStats.unstated(records.files()).to_arrays("stat_"),
+                      "img_hw": np.asarray(records.img_hw, np.int64), "shapes": _stored_shapes(records.img_hw, resize)}
 
 
-def _why_invalid(path: Path, expected: dict, cipher: Cipher | None) -> str | None:
+def _why_invalid(path: Path, expected: tuple[dict, dict], cipher: Cipher | None, fresh: bool) -> str | None:
+    """Why the cache at ``path`` cannot serve ``expected``, or None. ``fresh``: just built by the
+    process this one waited for, so the files are not stat-ed again."""
     if not path.is_file():
         return "no cache yet"
     try:
-        raw = _read(path, _META)
+        raw, raw_arrays = _read(path, _META), _read(path, _ARRAYS)
         meta = json.loads(raw) if raw is not None else None
     except (lmdb.Error, ValueError) as e:
         return f"unreadable cache ({e})"
     if meta is None:
         return "unreadable cache (no metadata)"
-    reason = settings_change(meta["settings"], expected["settings"])
-    if reason:
-        return reason
-    old, new = meta["files"], expected["files"]
-    if [f[0] for f in old] != [f[0] for f in new]:
-        return f"image list changed ({len(old)} -> {len(new)} images)"
-    reason = stats_change({f[0]: f[1:] for f in old}, {f[0]: f[1:] for f in new})
+    settings, arrays = expected
+    reason = settings_change(meta["settings"], settings)
+    if reason or raw_arrays is None:
+        return reason or "unreadable cache (no arrays)"
+    old = _unpack_arrays(raw_arrays)
+    old_stats, listed = FileStats.from_arrays(old, "stat_"), FileStats.from_arrays(arrays, "stat_")
+    if not old_stats.same_paths(listed) or not np.array_equal(old["img_hw"], arrays["img_hw"]):
+        return f"image list changed ({len(old_stats)} -> {len(listed)} images)"
+    reason = None if fresh else old_stats.change(old_stats.now())
     if reason:
         return reason
     if cipher is not None:
@@ -184,12 +208,13 @@ def _why_invalid(path: Path, expected: dict, cipher: Cipher | None) -> str | Non
 
 
 # -- building -----------------------------------------------------------------------------
-def _build(path: Path, records: list[Record], loader: Any, resize: int, cipher: Cipher | None,
-           expected: dict) -> None:
+def _build(path: Path, records: RecordTable, loader: Any, resize: int, cipher: Cipher | None,
+           expected: tuple[dict, dict]) -> None:
     """Decode every image in a thread pool and write the LMDB file atomically."""
-    shapes = [stored_hw(r.img_hw, resize) for r in records]
-    raw_bytes = sum(h * w * 3 for h, w in shapes)
-    map_size = int(raw_bytes * 1.1) + 200 * len(records) + (64 << 20)
+    settings, arrays = expected
+    arrays = {**arrays, **FileStats.from_arrays(arrays, "stat_").now().to_arrays("stat_")}  # as of now
+    raw_bytes = int(np.prod(arrays["shapes"], axis=1).sum()) * 3
+    map_size = int(raw_bytes * 1.1) + 200 * len(records) + sum(a.nbytes for a in arrays.values()) + (64 << 20)
 
     def encode(i: int) -> bytes | ImageError:
         rec = records[i]
@@ -219,10 +244,11 @@ def _build(path: Path, records: list[Record], loader: Any, resize: int, cipher: 
                         else:
                             txn.put(_key(i), value)
                 bar.update(len(idx))
-            meta = {**expected, "shapes": shapes, "resize": resize,
+            meta = {"settings": settings, "resize": resize,
                     "check": cipher.encrypt(_CHECK, _CHECK).hex() if cipher is not None else ""}
             with env.begin(write=True) as txn:
                 txn.put(_META, json.dumps(meta).encode())
+                txn.put(_ARRAYS, _pack_arrays(arrays))
             env.sync(True)
         os.replace(tmp, path)
     finally:
@@ -232,7 +258,7 @@ def _build(path: Path, records: list[Record], loader: Any, resize: int, cipher: 
                        f"(e.g. {failed[0]})")
 
 
-def open_image_cache(cfg: Any, records: list[Record], directory: Path, loader: Any,
+def open_image_cache(cfg: Any, records: RecordTable, directory: Path, loader: Any,
                      tag: str = "") -> ImageCache | None:
     """The image cache of ``records`` in ``directory`` (built or rebuilt when needed), or None
     when ``data.cache_images`` is "none" or the directory is not writable."""
@@ -243,18 +269,20 @@ def open_image_cache(cfg: Any, records: list[Record], directory: Path, loader: A
     cipher = cipher_for(cfg)
     path = directory / f"images_{f's{resize}' if resize else 'full'}{tag}.lmdb"
     expected = _expected(records, resize, cipher)
-    with locked(directory) as writable:
-        if not writable:
+    before = file_identity(path)
+    with locked(directory, f"the image cache {path.name}") as lock:
+        if lock is None:
             return None
+        fresh = lock.waited and file_identity(path) not in (None, before)
         refresh = refresh_wanted(cfg, path)
-        reason = "data.cache_refresh=True" if refresh else _why_invalid(path, expected, cipher)
+        reason = "data.cache_refresh=True" if refresh else _why_invalid(path, expected, cipher, fresh)
         if reason is None:
             logger.info(f"image cache {path}: valid, reused ({mode} mode)")
         else:
             logger.info(f"building image cache {path} ({reason})")
             _build(path, records, loader, resize, cipher, expected)
     if mode == "ram":
-        need = sum(h * w * 3 for h, w in (stored_hw(r.img_hw, resize) for r in records))
+        need = int(np.prod(expected[1]["shapes"], axis=1).sum()) * 3
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if need > _RAM_FRACTION * avail:
             logger.warning(f"image cache needs {need / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB of memory "

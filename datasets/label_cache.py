@@ -10,10 +10,18 @@ split is scanned again and the log says why.
 
 ``data.cache_refresh`` rebuilds a cache once per run (see ``refresh_wanted``).
 
-Files live in ``<cache dir>/<format>_<split>_<hash of root and sets>/``: ``labels.npz`` (numpy
-arrays only, loaded with ``allow_pickle=False``), encrypted as a whole when
-``data.encrypt_cache`` is set. Writes are atomic (temp file + ``os.replace``), and a lock file
-serialises processes (e.g. DDP ranks) building the same cache.
+Files live in ``<cache dir>/<format>_<split>_<hash of root and sets>/``: ``labels.npz`` holds the
+``RecordTable``'s arrays, the file stats as arrays (``datasets.file_stats``: names in one buffer,
+sizes and mtimes in an int64 array) and a small JSON meta (settings, scan summary): numpy arrays
+only, loaded with ``allow_pickle=False``, so a warm load of a COCO-sized split builds no Python
+object per image or file. It is encrypted as a whole when ``data.encrypt_cache`` is set. Writes
+are atomic (temp file + ``os.replace``).
+
+Scan once: a lock file (``flock``) serialises the processes building one cache: DDP ranks, and
+the ranks of other nodes when the cache dir is shared. The first to take the lock scans and
+writes; the others log that they wait, then load what it wrote without stat-ing every file again
+(the cache file was replaced while they waited, so it is as fresh as their own check would be).
+No torch.distributed collective is involved, so a long scan cannot hit a collective timeout.
 """
 from __future__ import annotations
 
@@ -34,11 +42,11 @@ import numpy as np
 from loguru import logger
 
 from datasets.crypto import MAGIC, Cipher, CryptoError
-from datasets.records import Record
+from datasets.file_stats import FileStats
+from datasets.records import RecordTable
 from datasets.scan import DatasetError, ScanReport
 
-CACHE_VERSION = 1
-_LISTED = 3  # changed files named in a log line
+CACHE_VERSION = 2  # 2: RecordTable arrays and array file stats (1 held one JSON entry per file)
 _AAD = b"labels"
 _STARTED_NS = time.time_ns()  # when this process started using caches
 
@@ -73,48 +81,56 @@ def cipher_for(cfg: Any) -> Cipher | None:
         raise DatasetError(f"data.encrypt_cache=True: {e}") from None
 
 
+@dataclasses.dataclass
+class Lock:
+    """A held cache lock; ``waited``: another process held it first (and may have built the cache)."""
+
+    waited: bool
+
+
 @contextlib.contextmanager
-def locked(directory: Path) -> Iterator[bool]:
-    """Hold the exclusive lock of ``directory/.lock`` (other processes building the same cache
-    wait). Yields False, without locking, when the directory cannot be created or written."""
+def locked(directory: Path, purpose: str = "the cache") -> Iterator[Lock | None]:
+    """Hold the exclusive lock of ``directory/.lock`` while other processes building the same
+    cache wait (and log it). Yields None, without locking, when the directory cannot be created
+    or written."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         f = open(directory / ".lock", "a+")  # noqa: SIM115 (closed below, after the unlock)
     except OSError as e:
         logger.warning(f"cache disabled: cannot write {directory} ({e.strerror or e}); set "
                        "data.cache_dir to a writable folder")
-        yield False
+        yield None
         return
     with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = _acquire(f, directory, purpose)
         try:
-            yield True
+            yield Lock(waited)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def file_stats(paths: list[Path]) -> dict[str, list[int]]:
-    """{path: [size, mtime_ns]} ([-1, -1] for a missing path)."""
-    out: dict[str, list[int]] = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out[str(p)] = [int(st.st_size), int(st.st_mtime_ns)]
-        except OSError:
-            out[str(p)] = [-1, -1]
-    return out
+def _acquire(f: Any, directory: Path, purpose: str) -> bool:
+    """Take the lock of ``f``; True when another process held it and this one waited."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        pass
+    logger.info(f"waiting for another process building {purpose} in {directory} (it holds "
+                f"{directory / '.lock'}) ...")
+    t0 = time.monotonic()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    logger.info(f"... {purpose}: lock released after {time.monotonic() - t0:.1f} s")
+    return True
 
 
-def stats_change(old: dict[str, list[int]], new: dict[str, list[int]]) -> str | None:
-    """Why ``new`` differs from ``old`` (counts and a few named files), or None when equal."""
-    kinds: dict[str, list[str]] = {"added": [], "removed": [], "modified": []}
-    for path in old.keys() | new.keys():
-        a, b = old.get(path, [-1, -1]), new.get(path, [-1, -1])
-        if a == b:
-            continue
-        kinds["added" if a[0] < 0 else "removed" if b[0] < 0 else "modified"].append(path)
-    parts = [f"{len(v)} {k} (e.g. {', '.join(sorted(v)[:_LISTED])})" for k, v in kinds.items() if v]
-    return "files changed: " + "; ".join(parts) if parts else None
+def file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime ns) of ``path``, None when it does not exist; an atomic replace changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def settings_change(old: dict, new: dict) -> str | None:
@@ -124,49 +140,8 @@ def settings_change(old: dict, new: dict) -> str | None:
     return "settings changed: " + "; ".join(diffs) if diffs else None
 
 
-# -- file format --------------------------------------------------------------------------
-def _stack(boxes: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([b.reshape(-1, 4) for b in boxes] or [np.zeros((0, 4))]).astype(np.float32)
-
-
-def _pack(records: list[Record], meta: dict) -> bytes:
-    counts = [len(r.boxes) for r in records]
-    ign = [len(r.ignore) for r in records]
-    arrays = {
-        "meta": np.array(json.dumps(meta)),
-        "files": np.array([r.file for r in records], dtype=str),
-        "image_ids": np.array([r.image_id for r in records], np.int64),
-        "img_hw": np.array([r.img_hw for r in records], np.int64).reshape(-1, 2),
-        "n_boxes": np.array(counts, np.int64), "n_ignore": np.array(ign, np.int64),
-        "boxes": _stack([r.boxes for r in records]),
-        "labels": np.concatenate([r.labels for r in records] or [np.zeros(0)]).astype(np.int64),
-        "ignore": _stack([r.ignore for r in records]),
-    }
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def _unpack(data: bytes) -> tuple[dict, list[Record]]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        b_end, i_end = np.cumsum(z["n_boxes"]), np.cumsum(z["n_ignore"])
-        boxes, labels, ignore = z["boxes"], z["labels"], z["ignore"]
-        records = [Record(image_id=int(iid), file=str(f), img_hw=(int(hw[0]), int(hw[1])),
-                          boxes=boxes[be - nb:be].copy(), labels=labels[be - nb:be].copy(),
-                          ignore=ignore[ie - ni:ie].copy())
-                   for iid, f, hw, nb, be, ni, ie in zip(z["image_ids"], z["files"], z["img_hw"],
-                                                         z["n_boxes"], b_end, z["n_ignore"], i_end)]
-    return meta, records
-
-
-def _report_from(d: dict) -> ScanReport:
-    d = dict(d)
-    d["skipped"] = [tuple(x) for x in d.get("skipped", [])]
-    return ScanReport(**d)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -178,8 +153,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(path: Path, cipher: Cipher | None) -> tuple[dict, list[Record]] | str:
-    """(meta, records), or the reason the file cannot be used."""
+# -- file format --------------------------------------------------------------------------
+def _pack(table: RecordTable, stats: FileStats, meta: dict) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **table.to_arrays("rec_"), **stats.to_arrays("stat_"))
+    return buf.getvalue()
+
+
+def _read(path: Path, cipher: Cipher | None) -> tuple[dict, dict[str, np.ndarray]] | str:
+    """(meta, arrays by name), or the reason the file cannot be used."""
     data = path.read_bytes()
     encrypted = data.startswith(MAGIC)
     if encrypted and cipher is None:
@@ -192,46 +174,70 @@ def _read(path: Path, cipher: Cipher | None) -> tuple[dict, list[Record]] | str:
         except CryptoError as e:
             raise DatasetError(f"{e}; set data.cache_refresh=True to rebuild it") from None
     try:
-        return _unpack(data)
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        return json.loads(str(arrays.pop("meta"))), arrays
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
         return f"unreadable cache ({type(e).__name__})"
 
 
+def _report_from(d: dict) -> ScanReport:
+    d = dict(d)
+    d["skipped"] = [tuple(x) for x in d.get("skipped", [])]
+    return ScanReport(**d)
+
+
+def _load(path: Path, cipher: Cipher | None, settings: dict, fresh: bool) -> tuple[RecordTable, ScanReport] | str:
+    """The cached (records, report), or why they cannot be used. ``fresh``: just written by the
+    process this one waited for, so the files are not stat-ed again."""
+    got = _read(path, cipher)
+    if isinstance(got, str):
+        return got
+    meta, arrays = got
+    reason = settings_change(meta.get("settings", {}), settings)
+    if reason:  # an old cache version is reported here, before its arrays are looked at
+        return reason
+    try:
+        stats = FileStats.from_arrays(arrays, "stat_")
+        table = RecordTable.from_arrays(arrays, "rec_")
+        report = _report_from(meta["report"])
+    except (KeyError, ValueError, TypeError) as e:
+        return f"unreadable cache ({type(e).__name__})"
+    return (None if fresh else stats.change(stats.now())) or (table, report)
+
+
 # -- the cached scan ----------------------------------------------------------------------
-def cached_scan(parser: Any, split: str, class_names: list[str], cfg: Any) -> tuple[list[Record], ScanReport]:
+def cached_scan(parser: Any, split: str, class_names: list[str], cfg: Any) -> tuple[RecordTable, ScanReport]:
     """``parser.scan(split, class_names)`` through the label cache (see the module doc)."""
     cipher = cipher_for(cfg)
     settings = {**parser.settings(), "sets": parser.sets(split), "split": split,
                 "class_names": list(class_names), "encrypted": cipher is not None, "version": CACHE_VERSION}
     directory = split_cache_dir(cfg, parser.name, parser.root, parser.sets(split), split)
     path = directory / "labels.npz"
-    with locked(directory) as writable:
-        if not writable:
+    before = file_identity(path)
+    with locked(directory, f"the label cache of split {split!r}") as lock:
+        if lock is None:
             records, report, _ = parser.scan(split, class_names)
             return records, report
-        return _scan_or_load(parser, split, class_names, cfg, settings, path, cipher)
+        fresh = lock.waited and file_identity(path) not in (None, before)
+        return _scan_or_load(parser, split, class_names, cfg, settings, path, cipher, fresh)
 
 
 def _scan_or_load(parser: Any, split: str, class_names: list[str], cfg: Any, settings: dict, path: Path,
-                  cipher: Cipher | None) -> tuple[list[Record], ScanReport]:
+                  cipher: Cipher | None, fresh: bool) -> tuple[RecordTable, ScanReport]:
     refresh = refresh_wanted(cfg, path)
     reason = "data.cache_refresh=True" if refresh else "no cache yet"
     if path.is_file() and not refresh:
-        got = _read(path, cipher)
-        if isinstance(got, str):
-            reason = got
-        else:
-            meta, records = got
-            reason = (settings_change(meta["settings"], settings)
-                      or stats_change(meta["files"], file_stats([Path(p) for p in meta["files"]])))
-            if reason is None:
-                logger.info(f"labels of split {split!r} from the cache {path}")
-                return records, _report_from(meta["report"])
+        got = _load(path, cipher, settings, fresh)
+        if not isinstance(got, str):
+            how = " (just built by the process this one waited for)" if fresh else ""
+            logger.info(f"labels of split {split!r} from the cache {path}{how}")
+            return got
+        reason = got
     logger.info(f"scanning split {split!r} ({reason})")
     records, report, files = parser.scan(split, class_names)
-    meta = {"settings": settings, "files": file_stats(sorted(set(files))),
-            "report": dataclasses.asdict(report)}
-    data = _pack(records, meta)
+    stats = FileStats.of(sorted({str(p) for p in files}))
+    data = _pack(records, stats, {"settings": settings, "report": dataclasses.asdict(report)})
     try:
         _write_atomic(path, cipher.encrypt(data, _AAD) if cipher is not None else data)
     except OSError as e:

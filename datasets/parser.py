@@ -13,7 +13,7 @@ from typing import Any
 
 from datasets.loaders import build_loader
 from datasets.paths import checked_root, contained
-from datasets.records import Record
+from datasets.records import RecordTable
 from datasets.scan import DatasetError, RawItem, ScanReport, scan_items
 
 
@@ -66,7 +66,7 @@ class Parser(ABC):
                 "strict": d.strict, "difficult_as_ignore": d.difficult_as_ignore,
                 "allow_outside_root": d.allow_outside_root, "image_loader": d.image_loader}
 
-    def scan(self, split: str, class_names: list[str]) -> tuple[list[Record], ScanReport, list[Path]]:
+    def scan(self, split: str, class_names: list[str]) -> tuple[RecordTable, ScanReport, list[Path]]:
         """Records and report of ``split`` plus every file they were read from."""
         items = self.items(split, class_names)
         records, report = scan_items(
@@ -81,7 +81,7 @@ class Parser(ABC):
                 files.append(it.ann_file)
         return records, report, files
 
-    def records(self, split: str, class_names: list[str]) -> tuple[list[Record], ScanReport]:
+    def records(self, split: str, class_names: list[str]) -> tuple[RecordTable, ScanReport]:
         """Scan ``split``: decode-check, clean and validate (policy in ``datasets.scan``)."""
         records, report, _ = self.scan(split, class_names)
         return records, report

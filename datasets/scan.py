@@ -1,7 +1,7 @@
 """Format-independent scan: decode-check every image once, clean boxes, apply the skip/raise policy.
 
 A parser (e.g. ``datasets.voc``) turns its files into ``RawItem``s; ``scan_items`` turns those
-into ``Record``s plus a ``ScanReport``. Policy (USERS.md 4a):
+into a ``RecordTable`` plus a ``ScanReport``. Policy (USERS.md 4a):
 
 - bad item (undecodable image, unreadable annotation, box outside the image by more than
   ``CLIP_TOLERANCE`` of the side, non-finite coordinate): split "train" skips the image with a
@@ -24,7 +24,7 @@ import numpy as np
 from loguru import logger
 
 from datasets.image_io import ImageError, image_hw
-from datasets.records import Record
+from datasets.records import Record, RecordTable
 
 CLIP_TOLERANCE = 0.01  # boxes may exceed the image by this fraction of its side and get clipped
 _MAX_LISTED = 10  # bad items listed in an error or summary
@@ -228,7 +228,7 @@ def _check_size(it: RawItem, img_hw: tuple[int, int], counts: Counter) -> None:
 def scan_items(items: list[RawItem], class_names: list[str], split: str, *, strict: bool = False,
                difficult_as_ignore: bool = True, offset: float = 0.0, source: str = "",
                example_annotation: str = "",
-               image_hw: Callable[[Path], tuple[int, int]] = image_hw) -> tuple[list[Record], ScanReport]:
+               image_hw: Callable[[Path], tuple[int, int]] = image_hw) -> tuple[RecordTable, ScanReport]:
     """Check and clean a split's items.
 
     Args:
@@ -239,7 +239,7 @@ def scan_items(items: list[RawItem], class_names: list[str], split: str, *, stri
         example_annotation: shown in the "no labels found" error.
         image_hw: decode check returning the upright (h, w) (the configured loader's ``hw``).
     Returns:
-        (records, report).
+        (records as a RecordTable, report).
     """
     report = ScanReport(images_found=len(items), split=split, source=source)
     check_class_names([it for it in items if it.error is None], class_names)
@@ -273,7 +273,7 @@ def scan_items(items: list[RawItem], class_names: list[str], split: str, *, stri
     if items and report.boxes == 0:
         raise DatasetError(f"no labels found in split {split!r} of {source} "
                            f"({len(items)} images); expected annotations at e.g. {example_annotation}")
-    return records, report
+    return RecordTable.from_records(records), report
 
 
 def _apply_policy(report: ScanReport, split: str, strict: bool) -> None:

@@ -1,10 +1,15 @@
 """YOLO txt parser: ``class cx cy w h`` lines (fractions of the image size) -> ``RawItem``s.
 
 Set entries are folders of images (searched recursively) or list files with one image path
-per line, both relative to the root (list lines may also be absolute; all must stay under the
-root). The labels of ``.../images/.../a.jpg`` are ``.../labels/.../a.txt`` (the last ``images``
-folder of the path becomes ``labels``); with no ``images`` folder in the path, ``a.txt`` sits
-beside the image. A missing or empty label file is a background image.
+per line, both relative to the root (list lines may also be absolute). The labels of
+``.../images/.../a.jpg`` are ``.../labels/.../a.txt`` (the last ``images`` folder of the path
+becomes ``labels``); with no ``images`` folder in the path, ``a.txt`` sits beside the image. A
+missing or empty label file is a background image.
+
+Symlinks: an image is known by its path as listed (folder entry + name, or the list line made
+absolute), never by its link target: the label file is derived from that path, the record keeps
+it (two links to one image are two images), and both the image's and the label file's resolved
+targets must lie under the root unless ``data.allow_outside_root`` (an error names the entry).
 
 Class names come from ``data.class_names`` or, when that is empty, from ``names`` in
 ``<root>/data.yaml`` (a list, or a mapping id -> name). A line with a class id outside
@@ -19,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from datasets.parser import Parser
-from datasets.paths import image_stem, is_image_name
+from datasets.paths import ListedPaths, image_stem, is_image_name
 from datasets.scan import DatasetError, RawItem, RawObject
 
 _COLUMNS = 5
@@ -30,6 +35,7 @@ class YoloParser(Parser):
     """Reads the YOLO image folders / list files named in ``cfg.data``."""
 
     name = "yolo"
+    version = 2  # 2: files are the listed paths, not their link targets
 
     # -- format hooks -------------------------------------------------------------------
     def index_files(self, split: str) -> list[Path]:
@@ -42,8 +48,11 @@ class YoloParser(Parser):
 
     def items(self, split: str, class_names: list[str] | None = None) -> list[RawItem]:
         names = list(class_names or [])
-        images = [img for entry in self.sets(split) for img in self._images_of(entry)]
-        parsed = [self._parse_item(img, names) for img in images]
+        guard = ListedPaths(self.root, self.data.allow_outside_root)
+        listed = [(img, where) for entry in self.sets(split) for img, where in self._images_of(entry)]
+        parsed = [self._parse_item(guard.check(img, f"{where}: image"),
+                                   guard.check(self.label_path(img), f"{where}: label file"), names)
+                  for img, where in listed]
         self._check_class_list(parsed, names)
         return [item for item, _ in parsed]
 
@@ -69,22 +78,25 @@ class YoloParser(Parser):
 
     # -- files --------------------------------------------------------------------------
     def _entry_path(self, entry: str) -> Path:
-        path = self.contained(self.root / entry, f"set entry {entry!r}")
+        """The entry as listed under the root (links kept, so labels follow its names), checked."""
+        path = self.root / entry
+        self.contained(path, f"set entry {entry!r}")
         if not path.exists():
             raise DatasetError(f"set entry {entry!r}: {path} not found (an image folder or a list file "
                                "relative to data.root)")
         return path
 
-    def _images_of(self, entry: str) -> list[Path]:
+    def _images_of(self, entry: str) -> list[tuple[Path, str]]:
+        """(image path as listed, where it is listed) of one set entry, in a stable order."""
         path = self._entry_path(entry)
         if path.is_dir():
-            return sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+            return [(p, f"set entry {entry!r}")
+                    for p in sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))]
         out = []
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = line.strip()
             if line:
-                img = Path(line) if Path(line).is_absolute() else self.root / line
-                out.append(self.contained(img, f"{path}:{lineno}: image"))
+                out.append((Path(line) if Path(line).is_absolute() else self.root / line, f"{path}:{lineno}"))
         return out
 
     @staticmethod
@@ -96,9 +108,8 @@ class YoloParser(Parser):
         return Path(*parts[:-1]) / f"{image_stem(image)}.txt"
 
     # -- one item -----------------------------------------------------------------------
-    def _parse_item(self, image: Path, names: list[str]) -> tuple[RawItem, bool]:
+    def _parse_item(self, image: Path, label: Path, names: list[str]) -> tuple[RawItem, bool]:
         """(item, whether a line has an out-of-range class id)."""
-        label = self.label_path(image)
         item = RawItem(file=image, ann_file=label)
         if not label.is_file():
             item.missing_annotation = True

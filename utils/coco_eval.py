@@ -2,7 +2,9 @@
 
 Two backends give the headline numbers and must agree: ``faster_coco_eval`` (default, C++)
 and ``pycocotools`` (the reference). Both are fed the same dicts built here, so category and
-image ids are mapped in one place.
+image ids are mapped in one place. Results travel as arrays (``utils.coco_results.CocoResults``):
+the one dict per detection the backends index is built once, directly in the form their
+``loadRes`` gives, and predictions.json is written from the arrays in chunks.
 
 Ignore regions. Our records carry class-less ignore boxes (COCO ``iscrowd=1``, VOC
 ``difficult``). COCOeval matches a detection only against GT of the detection's own
@@ -23,33 +25,37 @@ no GT box is smaller than 32x32 px, or a class absent from the evaluated images)
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from loguru import logger
 
+from utils.coco_results import CocoResults
+
 METRIC_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as json to ``path`` atomically: a temp file in the same directory,
-    fsync, then ``os.replace`` (a reader sees the old file or the new one, never half).
-    Numpy scalars and arrays are converted to plain Python values."""
+@contextlib.contextmanager
+def _atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file that replaces ``path`` when the block ends without error: a temp file in the
+    same directory, fsync, then ``os.replace`` (a reader sees the old file or the new one, never
+    half)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() gives
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, default=_json_default)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -57,6 +63,25 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as json to ``path`` atomically (see ``_atomic_text``). Numpy scalars and
+    arrays are converted to plain Python values."""
+    # dumps, not dump: dump streams through the pure-Python encoder, many times slower
+    text = json.dumps(obj, default=_json_default)
+    with _atomic_text(path) as f:
+        f.write(text)
+
+
+def write_results_json(path: str | os.PathLike, results: CocoResults, chunk: int = 100_000) -> None:
+    """Write ``results`` as a COCO results json list, atomically, ``chunk`` detections at a time
+    (the text ``write_json_atomic`` gives for the list of result dicts, without that list)."""
+    with _atomic_text(path) as f:
+        f.write("[")
+        for start in range(0, len(results), chunk):
+            f.write((", " if start else "") + results.json_rows(start, start + chunk))
+        f.write("]")
 
 
 @functools.cache
@@ -214,29 +239,39 @@ def _index(coco_cls: type, dataset: dict) -> Any:
     return coco
 
 
-def _check_inputs(gt: dict, results: Sequence[dict], img_ids: Sequence[int] | None) -> list[int]:
+def _check_inputs(gt: dict, results: CocoResults, img_ids: Sequence[int] | None) -> list[int]:
     """Validate ids before the backends see them (their own checks are bare asserts)."""
-    gt_imgs = {int(im["id"]) for im in gt["images"]}
+    gt_imgs = np.array(sorted({int(im["id"]) for im in gt["images"]}), np.int64)
     valid_cats = sorted(int(c["id"]) for c in gt["categories"])
-    for r in results:
-        if int(r["category_id"]) not in valid_cats:
-            raise ValueError(f"detection on image_id {r['image_id']} has category_id {r['category_id']}, "
-                             f"not a GT category; valid ids: {valid_cats}")
-        if int(r["image_id"]) not in gt_imgs:
-            raise ValueError(f"detection has image_id {r['image_id']}, which is not in the GT images")
+    bad = np.flatnonzero(~np.isin(results.category_id, valid_cats))
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"detection on image_id {int(results.image_id[k])} has category_id "
+                         f"{int(results.category_id[k])}, not a GT category; valid ids: {valid_cats}")
+    bad = np.flatnonzero(~np.isin(results.image_id, gt_imgs))
+    if len(bad):
+        raise ValueError(f"detection has image_id {int(results.image_id[bad[0]])}, which is not in the GT images")
     if img_ids is None:
-        return sorted(gt_imgs)
-    missing = sorted({int(i) for i in img_ids} - gt_imgs)
+        return gt_imgs.tolist()
+    missing = sorted({int(i) for i in img_ids} - set(gt_imgs.tolist()))
     if missing:
         raise ValueError(f"img_ids {missing[:10]} are not in the GT images")
     return sorted({int(i) for i in img_ids})
 
 
-def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
+def _results_dataset(gt: dict, results: CocoResults) -> dict:
+    """The result set the backends' ``loadRes`` would build from ``results``, built directly: the
+    GT's image list, a copy of its categories and one annotation dict per detection."""
+    return {"images": list(gt["images"]), "categories": copy.deepcopy(gt["categories"]),
+            "annotations": results.annotations()}
+
+
+def coco_evaluate(gt: dict, results: CocoResults | Sequence[dict], class_names: Sequence[str],
                   backend: str = "faster_coco_eval", img_ids: Sequence[int] | None = None) -> dict:
     """Score COCO bbox results against a COCO GT dict, in memory.
 
-    gt: dict from ``records_to_coco_gt``; results: list from ``detections_to_coco_results``.
+    gt: dict from ``records_to_coco_gt``; results: ``CocoResults`` (arrays) or a results list
+    (e.g. from ``detections_to_coco_results``), scored alike.
     img_ids: score only these images (detections on other images are not counted).
     Returns {mAP, mAP50, mAP75, mAP_small, mAP_medium, mAP_large, AR1, AR10, AR100} (COCO
     stats[0..8]; -1.0 = no GT to score, see module docstring), "per_class" [{name,
@@ -246,29 +281,26 @@ def coco_evaluate(gt: dict, results: Sequence[dict], class_names: Sequence[str],
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown eval backend {backend!r}; valid: {sorted(BACKENDS)}")
+    if not isinstance(results, CocoResults):
+        results = CocoResults.from_dicts(results)
     eval_ids = _check_inputs(gt, results, img_ids)
     be = BACKENDS[backend]()
     # Backends write into the dicts they index (ignore flags, ids, areas): copy one level.
     gt_copy = {**gt, "images": [dict(im) for im in gt["images"]],
                "annotations": [dict(a) for a in gt["annotations"]]}
-    res_copy = [dict(r) for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = _index(be.coco_cls, gt_copy)
-        if res_copy:
-            coco_dt = coco_gt.loadRes(res_copy)
-        else:  # pycocotools' loadRes indexes anns[0]: build the empty result set ourselves
-            coco_dt = _index(be.coco_cls, {"images": gt_copy["images"], "annotations": [],
-                                           "categories": gt_copy["categories"]})
+        coco_dt = _index(be.coco_cls, _results_dataset(gt_copy, results))
         ev = be.make_eval(coco_gt, coco_dt)
         ev.params.imgIds = eval_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     metrics: dict[str, Any] = {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats[:9])}
-    metrics["per_class"] = _per_class(ev, gt, res_copy, class_names, set(eval_ids))
+    metrics["per_class"] = _per_class(ev, gt, results, class_names, eval_ids)
     metrics["backend"] = backend
     metrics["num_images"] = len(eval_ids)
-    if not results:
+    if not len(results):
         logger.warning("coco_evaluate: no detections to score; every AP/AR with GT is 0.0")
     logger.debug("COCO bbox evaluation ({}, {} images)\n{}", backend, len(eval_ids), format_metrics(metrics))
     return metrics
@@ -283,15 +315,16 @@ def _mean_valid(x: np.ndarray) -> float:
     return float(x[ok].mean()) if ok.any() else -1.0
 
 
-def _per_class(ev: Any, gt: dict, results: Sequence[dict], class_names: Sequence[str],
-               eval_ids: set[int]) -> list[dict]:
+def _per_class(ev: Any, gt: dict, results: CocoResults, class_names: Sequence[str],
+               eval_ids: list[int]) -> list[dict]:
     """Per category, from precision [T, R, K, A, M] and recall [T, K, A, M] at 100 detections:
     AP (IoU .50:.95), AP50, AP75, AP_small/medium/large and AR100, plus GT and detection counts."""
     prec, rec = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
     cat_order = [int(c) for c in ev.params.catIds]
-    num_gt = Counter(a["category_id"] for a in gt["annotations"]
-                     if not a.get("iscrowd", 0) and a["image_id"] in eval_ids)
-    num_det = Counter(r["category_id"] for r in results if r["image_id"] in eval_ids)
+    ids = set(eval_ids)
+    num_gt = Counter(a["category_id"] for a in gt["annotations"] if not a.get("iscrowd", 0) and a["image_id"] in ids)
+    cats, counts = np.unique(results.category_id[np.isin(results.image_id, eval_ids)], return_counts=True)
+    num_det = dict(zip(cats.tolist(), counts.tolist()))
     name_of = {int(c["id"]): c["name"] for c in gt["categories"]}
     if len(class_names) == len(gt["categories"]):  # caller's names win (same order as categories)
         name_of = {int(c["id"]): str(n) for c, n in zip(gt["categories"], class_names)}
@@ -301,7 +334,7 @@ def _per_class(ev: Any, gt: dict, results: Sequence[dict], class_names: Sequence
                      "AP50": _mean_valid(prec[0, :, k, 0, -1]), "AP75": _mean_valid(prec[5, :, k, 0, -1]),
                      **{key: _mean_valid(prec[:, :, k, a, -1]) for key, a in PER_CLASS_AREAS.items()},
                      "AR100": _mean_valid(rec[:, k, 0, -1]),
-                     "num_gt": int(num_gt[cid]), "num_det": int(num_det[cid])})
+                     "num_gt": int(num_gt[cid]), "num_det": int(num_det.get(cid, 0))})
     return rows
 
 

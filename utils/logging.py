@@ -10,7 +10,6 @@ previous run.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -244,32 +243,6 @@ def _tensorboard_without_tensorflow() -> None:
     import types
     if "tensorflow" not in sys.modules:  # a process that already uses TF keeps it
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-
-
-def release_free_memory() -> None:
-    """Collect reference cycles, then hand the freed heap back to the OS (glibc ``malloc_trim``).
-
-    Validation leaves cycles (matplotlib figures, COCO structures) that the generational GC frees
-    late, and glibc keeps freed blocks in its per-thread arenas; a thread started under load (the
-    pin-memory thread, a DataLoader iterator) can open a new arena. Trimmed once per epoch, the
-    resident memory of a long run tracks what is live instead of stepping up with arena churn.
-    Elsewhere than glibc only the collection runs.
-    """
-    import gc
-    gc.collect()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None (another C library, or no ctypes)."""
-    try:
-        import ctypes
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError, ImportError):
-        return None
 
 
 def _rss_mb() -> float | None:

@@ -140,20 +140,24 @@ class _Pool:
         # COCO's order: images in sequence, then a stable sort by descending score.
         order = np.argsort(-s, kind="mergesort")
         self.scores, self.labels, self.tp = s[order], lab[order].astype(np.int64), tp[order].astype(bool)
-        self.by_class = [self.labels == c for c in range(nc)]
+        # rows of each class, ascending (so still by descending score): index arrays, not nc masks
+        by_label = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[by_label], np.arange(nc + 1))
+        self.by_class = [by_label[bounds[c]:bounds[c + 1]] for c in range(nc)]
 
     def counts(self, conf: float, cls: int | None = None) -> tuple[int, int, int]:
         """(TP, FP, FN) of the detections scoring >= conf, for one class or all."""
-        sel = self.scores >= conf
-        if cls is not None:
-            sel &= self.by_class[cls]
-        tp = int(self.tp[sel].sum())
+        rows = self.by_class[cls] if cls is not None else slice(None)
+        # scores are sorted descending: the detections scoring >= conf are a prefix
+        k = int(np.searchsorted(-self.scores[rows], -conf, side="right"))
+        tp = int(self.tp[rows][:k].sum())
         n_gt = int(self.num_gt.sum() if cls is None else self.num_gt[cls])
-        return tp, int(sel.sum()) - tp, n_gt - tp
+        return tp, k - tp, n_gt - tp
 
-    def curve(self, mask: np.ndarray, n_gt: int) -> dict:
-        """P, R, F1 on CURVE_CONFS (NaN where not measurable), best F1 and its confidence, PR curve, AP."""
-        s, tp = self.scores[mask], self.tp[mask]
+    def curve(self, rows: np.ndarray | slice, n_gt: int) -> dict:
+        """P, R, F1 on CURVE_CONFS (NaN where not measurable), best F1 and its confidence, PR curve, AP,
+        of the detections ``rows`` (a class's index array, or every row)."""
+        s, tp = self.scores[rows], self.tp[rows]
         ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
         kept = np.searchsorted(-s, -CURVE_CONFS, side="right")  # detections scoring >= each conf
         t = np.concatenate([[0], ctp])[kept]
@@ -273,7 +277,7 @@ def operative_metrics(dets: Sequence[dict], gts: Sequence[dict], class_names: Se
     per_image = [_confusion_image(d, g, m, conf, match_iou, matrix, kinds)
                  for d, g, m in zip(dets, gts, matches)]
     by_class = [pool.curve(pool.by_class[c], int(num_gt[c])) for c in range(nc)]
-    overall = pool.curve(np.ones(len(pool.scores), bool), int(num_gt.sum()))
+    overall = pool.curve(slice(None), int(num_gt.sum()))
     report = {"conf": float(conf), "match_iou": float(match_iou), "num_images": len(dets),
               "num_gt": int(num_gt.sum()), **_prf(*pool.counts(conf)),
               **_kept_stats(dets, matches, conf, max_det),

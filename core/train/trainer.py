@@ -38,8 +38,8 @@ from utils.logging import (
     epoch_summary,
     flatten_scalars,
     memory_scalars,
-    release_free_memory,
 )
+from utils.memory import release_free_memory
 from utils.model_info import model_summary
 from utils.optim import accumulation_steps, build_optimizer
 from utils.scheduler import build_scheduler

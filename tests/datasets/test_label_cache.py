@@ -1,13 +1,18 @@
 """Label cache: reused while valid; rebuilt (and the log says why) when files, sizes, mtimes,
 class names or parsing settings change."""
+import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from datasets import build_records
-from datasets.label_cache import split_cache_dir
+from datasets import RecordTable, build_records
+from datasets.file_stats import FileStats
+from datasets.label_cache import CACHE_VERSION, split_cache_dir
+from datasets.yolo import YoloParser
 from tests.datasets.three_formats import (
     NAMES,
     cfg_for,
@@ -145,3 +150,86 @@ def test_unwritable_cache_location_warns_and_scans(yolo, caplog_loguru):
     records, _ = build_records(_cfg(root, cache), "train")
     assert len(records) == 4
     assert any("cache disabled: cannot write" in m for m in caplog_loguru)
+
+
+def test_cache_file_is_plain_arrays_and_loads_a_record_table(yolo, caplog_loguru):
+    root, cache = yolo
+    first, _, _ = _scan(_cfg(root, cache), caplog_loguru)
+    second, _, _ = _scan(_cfg(root, cache), caplog_loguru)
+    assert isinstance(second, RecordTable) and second == first
+    (path,) = cache.rglob("labels.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert all(a.dtype != object for a in arrays.values())
+    assert sorted(k for k in arrays if not k.startswith("rec_")) == ["meta", "stat_names", "stat_stats"]
+    names = arrays["stat_names"].tobytes().split(b"\0")
+    stats = arrays["stat_stats"]
+    assert stats.dtype == np.int64 and stats.shape == (len(names), 2) and names == sorted(names)
+    label = str(root.resolve() / "labels" / "train" / "train000.txt").encode()
+    st = os.stat(label)
+    assert stats[names.index(label)].tolist() == [st.st_size, st.st_mtime_ns]
+    assert "files" not in json.loads(str(arrays["meta"]))  # no per-file JSON entries any more
+
+
+def test_cache_of_an_older_version_is_rebuilt_with_a_log_line(yolo, caplog_loguru):
+    root, cache = yolo
+    _scan(_cfg(root, cache), caplog_loguru)
+    (path,) = cache.rglob("labels.npz")
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    meta["settings"]["version"] = 1  # version 1 kept {path: [size, mtime]} in the meta, no table
+    meta["files"] = {str(root / "data.yaml"): [1, 2]}
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), files=np.array(["a.jpg"]), n_boxes=np.zeros(1, np.int64))
+    records, _, line = _scan(_cfg(root, cache), caplog_loguru)
+    assert line.strip() == f"scanning split 'train' (settings changed: version: 1 -> {CACHE_VERSION})"
+    assert len(records) == 4
+    _, _, line = _scan(_cfg(root, cache), caplog_loguru)
+    assert "from the cache" in line
+
+
+def _build_in_child(cfg, log: Path, barrier) -> None:
+    """A forked process (a DDP rank) building the train records; its log goes to ``log``."""
+    from loguru import logger
+    logger.remove()
+    logger.add(log, level="INFO", format="{message}")
+    barrier.wait()
+    records, _ = build_records(cfg, "train")
+    logger.info(f"got {len(records)} records")
+
+
+def test_one_process_scans_while_the_other_waits_and_loads(yolo, tmp_path, monkeypatch, caplog_loguru):
+    """Scan once: of two processes building the same cache, one scans; the other logs that it
+    waits on the lock, then loads the cache just written without stat-ing every file again."""
+    root, cache = yolo
+    scan, now = YoloParser.scan, FileStats.now
+
+    def slow_scan(self, *args):
+        time.sleep(1.0)  # the other process surely reaches the lock while this one holds it
+        return scan(self, *args)
+
+    def logged_now(self):
+        from loguru import logger
+        logger.info("stat check of the cached files")
+        return now(self)
+
+    monkeypatch.setattr(YoloParser, "scan", slow_scan)
+    monkeypatch.setattr(FileStats, "now", logged_now)
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
+    procs = [ctx.Process(target=_build_in_child, args=(_cfg(root, cache), log, barrier)) for log in logs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    texts = [log.read_text() for log in logs]
+    scanned = [t for t in texts if "scanning split 'train' (no cache yet)" in t]
+    waited = [t for t in texts if "waiting for another process building the label cache of split 'train'" in t]
+    assert len(scanned) == 1 and len(waited) == 1 and scanned != waited
+    assert "(just built by the process this one waited for)" in waited[0] and "from the cache" in waited[0]
+    assert all("got 4 records" in t and "stat check" not in t for t in texts)
+    _, _, line = _scan(_cfg(root, cache), caplog_loguru)  # a later process checks the files as usual
+    assert "from the cache" in line and "just built" not in line
+    assert any("stat check of the cached files" in m for m in caplog_loguru)

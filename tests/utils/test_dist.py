@@ -72,3 +72,24 @@ def test_two_process_gloo(tmp_path):
         assert res["mean"] == [1.5, 5.0]
         assert res["token"] == "from1"
         assert res["is_main"] == (r == 0) and res["device"] == "cpu" and res["ws"] == 2
+
+
+def _gather_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    D.init_distributed(timeout_s=30)
+    try:
+        to0 = D.gather_object({"rank": rank, "data": np.arange(rank + 2).tolist()})
+        to1 = D.gather_object(f"r{rank}", dst=1)
+        with open(os.path.join(out_dir, f"gather{rank}.json"), "w") as f:
+            json.dump({"to0": to0, "to1": to1}, f)
+    finally:
+        D.cleanup()
+
+
+def test_gather_object_reaches_only_the_destination(tmp_path):
+    assert D.gather_object({"a": 1}) == [{"a": 1}]  # no group: the single-process answer
+    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"gather{r}.json").read_text()) for r in range(2))
+    assert r0["to0"] == [{"rank": 0, "data": [0, 1]}, {"rank": 1, "data": [0, 1, 2]}] and r1["to0"] is None
+    assert r0["to1"] is None and r1["to1"] == ["r0", "r1"]

@@ -3,7 +3,8 @@ import gc
 
 import pytest
 
-from utils.logging import _malloc_trim, _rss_mb, release_free_memory
+from utils.logging import _rss_mb
+from utils.memory import _malloc_trim, release_free_memory
 
 
 @pytest.mark.skipif(_rss_mb() is None or _malloc_trim() is None, reason="needs /proc and glibc")
