@@ -160,3 +160,11 @@ def test_fields_the_family_ignores_are_refused_or_warned_once(tmp_path):
     assert sum("loss.focal_gamma=1.5 is set by Shared but model.name='v9-t' does not read it" in m
                for m in seen) == 1
     assert sum("loss.label_smoothing=0.1 is set by BaseConfig" in m for m in seen) == 1
+
+
+def test_coco_recipes_state_the_category_ids():
+    c = load_config("coco_v9t")
+    ids = c.data.category_ids
+    assert len(ids) == len(c.data.class_names) == 80 and ids == sorted(set(ids))
+    assert ids[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13] and ids[-1] == 90
+    assert ids[c.data.class_names.index("toothbrush")] == 90 and ids[c.data.class_names.index("person")] == 1
