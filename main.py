@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from configs.base_config import TASKS
+from configs.validation import TASKS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,8 +30,8 @@ import torch
 from loguru import logger
 
 from configs.bccd_yolo_r18 import BccdYoloR18
-from core.builders import build_train_loader
 from core.checks import validate
+from core.loaders import build_train_loader
 from utils.dist import DistInfo, set_cpu_threads
 
 SIZE, BATCH = 640, 16

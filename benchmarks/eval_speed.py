@@ -2,7 +2,7 @@
 
     python benchmarks/eval_speed.py [--repeats 5] [--seed 0]
 
-Times the whole metric computation of one validation (``core.evaluator.compute_metrics``:
+Times the whole metric computation of one validation (``core.evaluation.evaluator.compute_metrics``:
 COCO results, COCO evaluation and the operative metrics) on the bundled BCCD val split
 (87 images). No checkpoint is needed: the predictions are the ground truth made realistic,
 seeded: each box found with probability 0.92, corners jittered by 6% of its size, 4% of the
@@ -28,7 +28,7 @@ import numpy as np
 from loguru import logger
 
 from configs import load_config
-from core.evaluator import compute_metrics
+from core.evaluation.evaluator import compute_metrics
 from datasets import RecordTable, build_records
 from utils.coco_eval import records_to_coco_gt
 

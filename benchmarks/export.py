@@ -35,13 +35,14 @@ from loguru import logger
 
 from configs import apply_overrides
 from configs.base_config import BaseConfig
-from core.builders import load_weights
 from core.checks import validate
-from core.evaluator import Evaluator, build_val_loader
-from core.export import deployment_form, export_model
-from core.qat import run_qat
-from core.runtime import load_runtime_model
+from core.deploy.export import deployment_form, export_model
+from core.deploy.qat import run_qat
+from core.deploy.runtime import load_runtime_model
+from core.evaluation.evaluator import Evaluator
+from core.loaders import build_eval_loader
 from core.tasks import config_from_data
+from core.weights import load_weights
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo, set_cpu_threads
 
@@ -56,8 +57,8 @@ def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
 
 
 def score(cfg: BaseConfig, model) -> float:
-    loader, records, _ = build_val_loader(cfg, CPU)
-    return float(Evaluator(cfg, records, CPU).run(model, loader)["mAP"])
+    loader = build_eval_loader(cfg, CPU, "val", max_images=cfg.eval.max_images)
+    return float(Evaluator(cfg, loader.dataset.records, CPU).run(model, loader)["mAP"])
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@
    every image a relative symlink to one of them (inside the root), about --boxes-per-image
    seeded random boxes over 80 classes per image, and a data.yaml with the 80 names.
 2. Scans the train split cold (label cache removed) and then warm, timed.
-3. Builds the YOLOv9-T training loader as the trainer does (core.builders.build_train_loader,
+3. Builds the YOLOv9-T training loader as the trainer does (core.loaders.build_train_loader,
    configs/bccd_v9t.py with data.format=yolo, --workers workers, the config's 416 px), iterates
    it for --seconds and reads the PSS of the process and its workers from
    /proc/<pid>/smaps_rollup at the end; the time to first batch counts from the loader build
@@ -34,10 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-import numpy as np
 
 NC = 80
 NAMES = [f"class{i:02d}" for i in range(NC)]
@@ -117,7 +117,8 @@ def stage_loader(args: argparse.Namespace) -> dict:
     """Iterate the training loader for args.seconds; PSS of this process and its workers at the end."""
     import torch
 
-    from core.builders import build_train_loader, resolve_class_names
+    from core.loaders import build_train_loader
+    from datasets import resolve_class_names
     from utils.dist import DistInfo, set_cpu_threads
     cfg = make_cfg(args, args.stage.removeprefix("loader_"))
     resolve_class_names(cfg)
@@ -144,7 +145,7 @@ def stage_eval(args: argparse.Namespace) -> dict:
     """Evaluator.score of random detections on the synthetic val split, timed; peak RSS."""
     import torch
 
-    from core.evaluator import Evaluator
+    from core.evaluation.evaluator import Evaluator
     from datasets import build_records
     from utils.detections import Detections
     from utils.dist import DistInfo

@@ -1,9 +1,17 @@
 """Cross-field checks of a config. Each error names the key and what to do."""
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
-from configs.base_config import TASKS, BaseConfig, ConfigError
+from configs.errors import ConfigError
+
+METRIC_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")  # COCO stats
+EXPORT_FORMATS = ("onnx", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
+BENCH_DEVICES = ("auto", "cpu", "cuda", "all")
+TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
+MIN_OPSET = 11  # NonMaxSuppression with center_point_box, TopK with a tensor k
 
 CHOICES = {
     "task": TASKS,
@@ -16,19 +24,15 @@ CHOICES = {
     "debug.split": ("train", "val"),
     "debug.mode": ("assign", "samples"),
     "data.cache_images": ("none", "ram", "disk"),
+    "eval.bench_device": BENCH_DEVICES,
+    "train.monitor": METRIC_KEYS,
 }
 
 
-def registry_choices() -> dict[str, tuple]:
-    """Valid names of data.format (the datasets registry; moves to datasets.check_config)."""
-    from datasets import DATASETS
-    return {"data.format": tuple(DATASETS)}
-
-
-def validate_config(cfg: BaseConfig) -> None:
+def validate_config(cfg: Any) -> None:
     """Every rule the config itself can check; the registries are checked by the packages that own
     them (models.check_config, datasets.check_config, passed to BaseConfig.validate)."""
-    for key, choices in {**CHOICES, **registry_choices()}.items():
+    for key, choices in CHOICES.items():
         if cfg.get(key) not in choices:
             raise ConfigError(f"{key}={cfg.get(key)!r} is not one of {list(choices)}")
     _check_name(cfg.name)
@@ -61,11 +65,12 @@ def validate_config(cfg: BaseConfig) -> None:
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
     _check_training(cfg)
+    _check_eval(cfg)
+    _check_deploy(cfg)
 
 
-def _check_training(cfg: BaseConfig) -> None:
+def _check_training(cfg: Any) -> None:
     """Optimizer, schedule, freezing, checkpoint selection and early stopping."""
-    from utils.coco_eval import METRIC_KEYS
     for key in ("optim.weight_decay", "optim.grad_clip", "optim.nominal_batch", "sched.warmup_epochs",
                 "sched.warmup_min_iters", "sched.warmup_bias_lr", "train.freeze_epochs", "train.min_delta",
                 "train.patience", "train.save_top_k", "train.save_interval_min"):
@@ -94,14 +99,59 @@ def _check_training(cfg: BaseConfig) -> None:
     if cfg.train.dist_timeout_min <= 0:
         raise ConfigError(f"train.dist_timeout_min={cfg.train.dist_timeout_min} must be positive (minutes a "
                           "collective may wait before the job fails)")
-    if cfg.train.monitor not in METRIC_KEYS:
-        raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not one of {list(METRIC_KEYS)}")
     if any(not isinstance(e, str) or not e for e in cfg.train.freeze):
         raise ConfigError(f"train.freeze={cfg.train.freeze} must list non-empty strings: 'backbone' or "
                           "module prefixes / fnmatch patterns of parameter names")
 
 
-def _check_data_and_aug(cfg: BaseConfig) -> None:
+def _check_eval(cfg: Any) -> None:
+    """eval.* and the class ids the results are written with."""
+    e = cfg.eval
+    for key, value, lo, hi in (("eval.conf_prod", e.conf_prod, 0.0, 1.0), ("eval.match_iou", e.match_iou, 1e-6, 1.0)):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}={value} must be in [{lo:g}, {hi:g}]")
+    if e.conf_prod < e.conf_thres:
+        raise ConfigError(f"eval.conf_prod={e.conf_prod} is below eval.conf_thres={e.conf_thres}: detections "
+                          "under conf_thres are dropped before scoring; lower eval.conf_thres")
+    if any(not 0.0 <= float(c) <= 1.0 for c in e.sweep_confs):
+        raise ConfigError(f"eval.sweep_confs={e.sweep_confs} must hold confidences in [0, 1]")
+    for key in ("eval.max_images", "eval.bench_warmup"):
+        if cfg.get(key) < 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be >= 0")
+    for key in ("eval.trend_epochs", "eval.bench_iters", "eval.bench_batch"):
+        if cfg.get(key) <= 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be positive")
+    ids, nc = cfg.data.category_ids, cfg.num_classes
+    if ids and nc and (len(ids) != nc or len(set(ids)) != nc):
+        raise ConfigError(f"data.category_ids={list(ids)} must hold {nc} distinct ids, one per class of "
+                          f"data.class_names={list(cfg.data.class_names)} (or be [] for 1..nc)")
+
+
+def _check_deploy(cfg: Any) -> None:
+    """export.* and qat.*."""
+    e, p, q = cfg.export, cfg.predict, cfg.qat
+    bad = [f for f in e.formats if f not in EXPORT_FORMATS]
+    if not e.formats or bad:
+        raise ConfigError(f"export.formats={list(e.formats)}: {'unknown ' + str(bad) if bad else 'empty'}; "
+                          f"valid: {list(EXPORT_FORMATS)}")
+    if e.opset < MIN_OPSET:
+        raise ConfigError(f"export.opset={e.opset} must be >= {MIN_OPSET}")
+    if e.calib_count <= 0 and "tflite_int8" in e.formats:
+        raise ConfigError(f"export.calib_count={e.calib_count} must be positive for tflite_int8")
+    if e.nms and not (0.0 <= p.conf_thres < 1.0 and 0.0 < p.nms_iou <= 1.0 and p.max_det > 0):
+        raise ConfigError(f"export.nms=True takes predict.conf_thres={p.conf_thres} (in [0, 1)), "
+                          f"predict.nms_iou={p.nms_iou} (in (0, 1]) and predict.max_det={p.max_det} (> 0)")
+    if q.epochs < 0:
+        raise ConfigError(f"qat.epochs={q.epochs} must be >= 0 (0: calibrate and evaluate only)")
+    if not (math.isfinite(q.lr) and q.lr > 0):
+        raise ConfigError(f"qat.lr={q.lr} must be a positive learning rate")
+    if q.freeze_bn_epoch < 0:
+        raise ConfigError(f"qat.freeze_bn_epoch={q.freeze_bn_epoch} must be >= 0 (0 = BN frozen throughout)")
+    if q.batch_size < 1:
+        raise ConfigError(f"qat.batch_size={q.batch_size} must be >= 1")
+
+
+def _check_data_and_aug(cfg: Any) -> None:
     for key in ("aug.mosaic_prob", "aug.mosaic_9_prob", "aug.mixup_prob", "aug.cutmix_prob", "aug.hflip_prob",
                 "aug.vflip_prob", "aug.extras_prob", "aug.min_visibility", "aug.hsv_h", "aug.hsv_s",
                 "aug.hsv_v", "aug.translate"):
@@ -142,7 +192,7 @@ def _check_name(name: str) -> None:
                           "a dot): run directories are named after it")
 
 
-def _range(cfg: BaseConfig, key: str, lo: float, hi: float) -> None:
+def _range(cfg: Any, key: str, lo: float, hi: float) -> None:
     v = cfg.get(key)
     if not lo <= v <= hi:
         raise ConfigError(f"{key}={v} must be in [{lo}, {hi}]")

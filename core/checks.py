@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from configs.base_config import BaseConfig
+from datasets import check_config as check_data
 from models import check_config as check_model
 
-CHECKS = (check_model,)
+CHECKS = (check_data, check_model)
 
 
 def validate(cfg: BaseConfig) -> BaseConfig:

@@ -32,7 +32,7 @@ WRITE_PATH_KEYS = ("train.save_dir", "data.cache_dir")
 def config_for(args) -> BaseConfig:
     """--config if given, else the config stored in --ckpt (a checkpoint, or an exported model's
     metadata, see ``config_from_data``), else configs/my_config.py; then overrides and --task."""
-    from core.runtime import is_runtime_path, read_export_metadata
+    from core.deploy.wire import is_runtime_path, read_export_metadata
     if args.config is None and args.ckpt:
         stored = (read_export_metadata(args.ckpt) if is_runtime_path(args.ckpt)
                   else load_checkpoint(args.ckpt, required=("config",)))["config"]
@@ -149,14 +149,26 @@ def _stop_on_signals(trainer):
             signal.signal(s, h)
 
 
+def load_model(cfg, path: str | None, device):
+    """The model of --ckpt for val / predict / benchmark: a checkpoint's weights, or the runtime
+    model of an exported .onnx / .tflite file."""
+    from core.deploy.wire import is_runtime_path
+    if is_runtime_path(path):
+        from core.deploy.runtime import load_runtime_for
+        return load_runtime_for(cfg, path, device)
+    from core.weights import load_weights
+    return load_weights(cfg, path, device)
+
+
 def task_val(cfg, args, dist, run_dir: Path) -> None:
-    from core.builders import load_weights, resolve_class_names
-    from core.evaluator import Evaluator, build_val_loader
-    from core.runtime import is_runtime_model
-    model = load_weights(cfg, args.ckpt, dist.device)
+    from core.evaluation.evaluator import Evaluator
+    from core.loaders import build_eval_loader
+    from datasets import resolve_class_names
+    from utils.model_info import is_runtime_model
+    model = load_model(cfg, args.ckpt, dist.device)
     resolve_class_names(cfg)  # COCO data under a --config without them: the json's category ids
-    loader, scored, total = build_val_loader(cfg, dist)
-    evaluator = Evaluator(cfg, scored, dist, num_images_total=total)
+    loader = build_eval_loader(cfg, dist, "val", max_images=cfg.eval.max_images)
+    evaluator = Evaluator(cfg, loader.dataset.records, dist, num_images_total=loader.dataset.split_size)
     metrics = evaluator.run(model, loader, run_dir if dist.is_main else None)
     if not dist.is_main:
         return
@@ -167,19 +179,19 @@ def task_val(cfg, args, dist, run_dir: Path) -> None:
     evaluator.show(metrics, run_dir, reference=recorded)
     logger.info(f"evaluation results written to {run_dir}")
     if cfg.eval.benchmark:
-        from core.benchmark import run_benchmark
+        from core.evaluation.benchmark import run_benchmark
         run_benchmark(model, cfg, dist.device, args.ckpt, run_dir)
 
 
 def task_benchmark(cfg, args, dist, run_dir: Path) -> None:
     """Speed of the checkpoint's model, or of cfg's randomly initialised model without --ckpt."""
-    from core.benchmark import run_benchmark
-    from core.builders import load_weights, resolve_class_names
+    from core.evaluation.benchmark import run_benchmark
+    from datasets import resolve_class_names
     from models import build_model
     if not dist.is_main:
         return
     if args.ckpt:
-        model = load_weights(cfg, args.ckpt, dist.device)
+        model = load_model(cfg, args.ckpt, dist.device)
     else:
         resolve_class_names(cfg)
         model = build_model(cfg).eval().requires_grad_(False)
@@ -189,15 +201,14 @@ def task_benchmark(cfg, args, dist, run_dir: Path) -> None:
 
 
 def task_predict(cfg, args, dist, run_dir: Path) -> None:
-    from core.builders import load_weights
-    from core.predictor import Predictor
-    model = load_weights(cfg, args.ckpt, dist.device)
+    from core.evaluation.predictor import Predictor
+    model = load_model(cfg, args.ckpt, dist.device)
     if dist.is_main:
         Predictor(cfg, model).run(cfg.predict.source, run_dir)
 
 
 def task_debug(cfg, args, dist, run_dir: Path) -> None:
-    from core.debugger import draw_assignments_for_config, draw_samples_for_config
+    from core.train.debugger import draw_assignments_for_config, draw_samples_for_config
     if not dist.is_main:
         return
     if cfg.debug.mode == "samples":
@@ -210,9 +221,9 @@ def task_export(cfg, args, dist, run_dir: Path) -> None:
     """Write the export.formats files of --ckpt into the run dir; check the ONNX file against PyTorch."""
     import torch
 
-    from core.builders import load_weights
-    from core.export import export_model
-    from core.runtime import OnnxModel, output_difference
+    from core.deploy.export import export_model
+    from core.deploy.runtime import OnnxModel, output_difference
+    from core.weights import load_weights
     if not dist.is_main:
         return
     model = load_weights(cfg, args.ckpt, torch.device("cpu"))
@@ -229,8 +240,8 @@ def task_export(cfg, args, dist, run_dir: Path) -> None:
 
 
 def task_qat(cfg, args, dist, run_dir: Path) -> None:
-    """Quantisation-aware fine-tuning of --ckpt (core/qat.py)."""
-    from core.qat import run_qat
+    """Quantisation-aware fine-tuning of --ckpt (core/deploy/qat.py)."""
+    from core.deploy.qat import run_qat
     run_qat(cfg, args, dist, run_dir)
 
 

@@ -71,6 +71,7 @@ class DetectionDataset(Dataset):
                  loader: ImageLoader | None = None, image_cache: ImageCache | None = None,
                  epochs: int = 0) -> None:
         self.records = RecordTable.coerce(records)
+        self.split_size = len(self.records)  # images in the whole split (build_dataset: before any subset)
         self.class_names = list(class_names)
         self.img_size = img_size
         self.aug_cfg = aug_cfg

@@ -39,9 +39,8 @@ from typing import Any, TextIO
 import numpy as np
 from loguru import logger
 
+from configs.validation import METRIC_KEYS  # the COCO stats order, with the names train.monitor takes
 from utils.coco_results import CocoResults
-
-METRIC_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
 
 
 @contextlib.contextmanager

@@ -195,7 +195,7 @@ def build_dashboard(metrics: dict, history: Sequence[dict] = (), *, epoch: int |
                     total_epochs: int | None = None, best_before: float | None = None,
                     reference: dict | None = None, trend_epochs: int = 10, top_k: int = 3,
                     seconds: float | None = None) -> Group:
-    """All sections for ``metrics`` (core.evaluator output, with "operative").
+    """All sections for ``metrics`` (core.evaluation.evaluator output, with "operative").
 
     history: earlier ``history_entry`` dicts, oldest first (this validation may be the last).
     best_before: best mAP before this validation (training); None hides the NEW BEST line.

@@ -1,9 +1,25 @@
 """Model size and cost: parameter count, GFLOPs of one forward pass, a short summary text."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def model_device(model) -> torch.device:
+    """Device of a module's first parameter (or buffer); CPU for runtime models (exported files run
+    by core.deploy.runtime) and empty modules."""
+    if isinstance(model, nn.Module):
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            return t.device
+    return torch.device(getattr(model, "device", "cpu"))
+
+
+def is_runtime_model(model) -> bool:
+    """True for a model run by onnxruntime or LiteRT (a ``runtime`` attribute other than PyTorch)."""
+    return getattr(model, "runtime", "pytorch") != "pytorch"
 
 
 def count_params(model: nn.Module) -> int:

@@ -2,7 +2,8 @@
 
 The pieces it wires live in their own units: the step with accumulation, clipping, EMA and the
 non-finite guard (core/train/step.py), best / top-K / early stopping (selection.py), freezing
-(freezing.py), RNG states, resume checks and weight transfer (state.py).
+(freezing.py), stop requests and in-epoch saves agreed by all ranks (control.py), RNG states,
+resume checks and weight transfer (state.py).
 
 Survival: a stop request (SIGTERM/SIGINT, wired in core/tasks.py) ends the run at the next
 optimizer-step boundary with last.pth holding the mid-epoch position and the RNG state of every
@@ -12,7 +13,6 @@ All ranks take every decision together (one all-reduce per step), so DDP never w
 """
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -20,31 +20,24 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from core.builders import build_eval_loader, build_train_loader, resolve_class_names
 from core.checks import validate
-from core.evaluator import Evaluator
+from core.evaluation.evaluator import Evaluator
+from core.loaders import build_eval_loader, build_train_loader
+from core.train.control import RunControl
 from core.train.freezing import FreezeSchedule
 from core.train.selection import Selection
 from core.train.state import check_resume_config, gather_rng_states, load_for_resume, rank_rng, transfer_weights
-from core.train.step import NonFiniteLossError, TrainStep
+from core.train.step import TrainStep
+from datasets import resolve_class_names
 from models import build_loss, build_model
 from utils.checkpoint import CheckpointError, non_finite_tensors, remove_stale_tmp, save_checkpoint, set_rng_state
-from utils.dist import DistInfo, any_rank, seed_everything, unwrap, wrap_ddp
+from utils.dist import DistInfo, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
-from utils.logging import (
-    TBWriter,
-    WandbWriter,
-    check_wandb,
-    epoch_summary,
-    flatten_scalars,
-    memory_scalars,
-)
+from utils.logging import TBWriter, WandbWriter, check_wandb, epoch_summary, flatten_scalars, memory_scalars
 from utils.memory import release_free_memory
 from utils.model_info import model_summary
 from utils.optim import accumulation_steps, build_optimizer
 from utils.scheduler import build_scheduler
-
-__all__ = ["NonFiniteLossError", "NonFiniteWeightsError", "Trainer"]
 
 
 class NonFiniteWeightsError(FloatingPointError):
@@ -69,7 +62,7 @@ class Trainer:
         resolve_class_names(cfg)  # before the model: the class count comes from the data
         validate(cfg)  # again: the class names found in the data are part of the config now
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
-        self.val_loader, val_records = build_eval_loader(cfg, dist, "val")
+        self.val_loader = build_eval_loader(cfg, dist, "val")
         self.model = build_model(cfg)
         if t.init_weights and not resume:
             transfer_weights(self.model, t.init_weights, cfg.model.name)
@@ -87,15 +80,14 @@ class Trainer:
                                  grad_clip=cfg.optim.grad_clip, max_bad_steps=t.max_bad_steps)
         self.freeze = FreezeSchedule(self.model, t.freeze, t.freeze_epochs)
         self.selection = Selection(self.run_dir, t.monitor, t.patience, t.min_delta, t.save_top_k)
-        self.evaluator = Evaluator(cfg, val_records, dist)
+        self.evaluator = Evaluator(cfg, self.val_loader.dataset.records, dist)
         self.tb = TBWriter(self.run_dir / "tb" if dist.is_main else None)
         if t.wandb and dist.is_main:
             self.tb.attach_wandb(WandbWriter(self.run_dir, cfg))
         # The position: epochs done and batches of the current epoch done (iterations: stepper.step).
         self.epoch, self.epoch_iter, self._epoch_sums = 0, 0, {}
-        self.stop_signal: int | None = None  # set by request_stop
+        self.control = RunControl(dist, t.save_interval_min)  # stop requests and in-epoch saves
         self.interrupted = False  # fit ended on a stop request; last.pth holds the position
-        self._stop_announced, self._saved_at = False, time.monotonic()
         self._pending_rng: dict | None = None  # RNG state to restore when the next batches start
         self.last_metrics: dict = {}
         self.train_seconds, self.train_images = 0.0, 0  # this process's training throughput
@@ -156,7 +148,7 @@ class Trainer:
             if sel.stop_reason:
                 logger.warning(f"early stopping after epoch {self.epoch}: {sel.stop_reason}")
                 break
-            if not last and any_rank(self.stop_signal is not None, device=self.device)[0]:  # during val/save
+            if not last and self.control.stop_agreed():  # asked during validation or the save
                 self._stop(f"after epoch {self.epoch}")
                 break
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
@@ -182,10 +174,7 @@ class Trainer:
             bar.set_postfix({**{k: f"{v / self.epoch_iter:.3f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
             if self.step % self.cfg.train.log_interval == 0:
                 self.tb.add_scalars({f"train/{k}": v for k, v in parts.items()} | {"train/lr": lr}, self.step)
-            # One all-reduce: whether any rank was asked to stop and whether rank 0's save interval has
-            # passed, so every rank takes the same branch at the same step.
-            stop, save_due = any_rank(self.stop_signal is not None, self._interval_save_due(), device=self.device)
-            self._announce_stop()
+            stop, save_due = self.control.poll()  # agreed by every rank
             if self.step != self.last_opt_step:  # an accumulated gradient is pending: not a boundary
                 continue
             if stop:
@@ -229,28 +218,17 @@ class Trainer:
 
     # -- stopping -----------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
-        """Ask :meth:`fit` to stop at the next optimizer-step boundary and write last.pth (signal-safe:
-        it only sets a flag; the trainer logs the request at the step's end)."""
-        self.stop_signal = signum
+        """Ask :meth:`fit` to stop at the next optimizer-step boundary and write last.pth (signal-safe)."""
+        self.control.request(signum)
 
-    def _announce_stop(self) -> None:
-        if self.stop_signal is not None and not self._stop_announced:
-            self._stop_announced = True
-            again = " (Ctrl-C again stops at once)" if self.stop_signal == signal.SIGINT else ""
-            logger.warning(f"{signal.Signals(self.stop_signal).name} received: finishing the current step, "
-                           f"then writing last.pth and exiting{again}")
+    @property
+    def stop_signal(self) -> int | None:
+        return self.control.signal
 
     def _stop(self, where: str) -> None:
-        self._announce_stop()
         self.interrupted = True
         logger.warning(f"stopped on request {where}; last.pth holds this position. Resume with --task train "
                        f"--ckpt {self.run_dir / 'last.pth'}")
-
-    def _interval_save_due(self) -> bool:
-        """On rank 0 (the others say False; the all-reduce spreads it): last.pth is older than
-        ``train.save_interval_min``."""
-        minutes = self.cfg.train.save_interval_min
-        return self.dist.is_main and minutes > 0 and time.monotonic() - self._saved_at >= 60 * minutes
 
     # -- validation and checkpoints ---------------------------------------------------
     def eval_model(self) -> torch.nn.Module:
@@ -306,7 +284,7 @@ class Trainer:
             written.append(name)
             state["top_k"] = self.selection.top_k.state_dict()
         save_checkpoint(state, self.run_dir / "last.pth")
-        self._saved_at = time.monotonic()
+        self.control.saved()
         return written + ["last.pth"]
 
     def resume(self, path: str) -> None:

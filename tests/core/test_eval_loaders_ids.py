@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from configs.base_config import ConfigError
-from core.builders import build_eval_loader
-from core.evaluator import Evaluator, build_val_loader, coco_category_ids
-from core.predictor import coco_predictions
+from core.checks import validate
+from core.evaluation.evaluator import Evaluator
+from core.evaluation.predictor import coco_predictions
+from core.loaders import build_eval_loader
 from datasets.crypto import Cipher, encrypt_tree
 from main import main
 from tests.datasets.three_formats import (
@@ -127,7 +128,7 @@ def test_evaluator_scores_perfect_detections_under_the_datasets_ids(tmp_path):
     root = write_coco(tmp_path / "coco", default_items())
     cfg = cfg_for(root, "coco", tmp_path / "cache", class_names=list(NAMES), category_ids=list(CAT_IDS))
     cfg.eval.plots = False
-    _, records = build_eval_loader(cfg, CPU)
+    records = build_eval_loader(cfg, CPU).dataset.records
     ev = Evaluator(cfg, records, CPU)
     dets = {r.image_id: {"boxes": r.boxes, "scores": np.ones(len(r.labels)), "labels": r.labels}
             for r in records}
@@ -137,22 +138,23 @@ def test_evaluator_scores_perfect_detections_under_the_datasets_ids(tmp_path):
     assert sorted(p["category_id"] for p in results) == [3, 7, 11]  # one box of each class in val
 
 
-def test_build_val_loader_subset_and_category_id_errors(tmp_path):
+def test_val_loader_subset_and_category_id_errors(tmp_path):
     root = write_coco(tmp_path / "coco", default_items())
     cfg = cfg_for(root, "coco", tmp_path / "cache", class_names=list(NAMES))
-    cfg.eval.max_images = 5  # more than the split holds: all of it, under the split's own cache
-    loader, scored, total = build_val_loader(cfg, CPU)
-    assert (len(scored), total, len(loader.dataset)) == (2, 2, 2)
-    assert coco_category_ids(cfg) == [1, 2, 3]  # no ids resolved: 1..nc
+    loader = build_eval_loader(cfg, CPU, "val", max_images=5)  # more than the split holds: all of it
+    assert (len(loader.dataset.records), loader.dataset.split_size, len(loader.dataset)) == (2, 2, 2)
+    assert (len(build_eval_loader(cfg, CPU, "val", max_images=1).dataset), loader.dataset.split_size) == (1, 2)
+    assert cfg.coco_category_ids() == [1, 2, 3]  # no ids resolved: 1..nc
     cfg.data.category_ids = [3, 7]
     with pytest.raises(ConfigError, match=r"data.category_ids=\[3, 7\] must hold 3 distinct ids"):
-        coco_category_ids(cfg)
+        validate(cfg)
     cfg.data.category_ids = [3, 3, 11]
     with pytest.raises(ConfigError, match="must hold 3 distinct ids"):
-        coco_category_ids(cfg)
+        validate(cfg)
+    cfg.data.category_ids = []
     cfg.eval.max_images = -1
     with pytest.raises(ConfigError, match="eval.max_images=-1 must be >= 0"):
-        build_val_loader(cfg, CPU)
+        validate(cfg)
     default = coco_predictions([{"file": "a.jpg", "frame": None, "height": 4, "width": 4, "detections": [
         {"box_xyxy": [0, 0, 2, 2], "score": 0.5, "label": 2, "class_name": "bird"}]}], list(NAMES))
     assert default["annotations"][0]["category_id"] == 3 and default["categories"][2]["id"] == 3

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core.evaluator import Evaluator
+from core.evaluation.evaluator import Evaluator
 from datasets import build_records
 from tests.datasets.three_formats import NAMES, cfg_for, rect_image, write_yolo
 from utils import dist as D

@@ -25,16 +25,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from configs.base_config import BaseConfig, ConfigError
-from core.export import decode_output0, export_onnx
-from core.export_tflite import calibration_images, convert_onnx_to_tflite
-from core.onnx_rewrite import check_same_outputs, rewrite_for_xnnpack
-from core.runtime import load_runtime_model
-from core.runtime_tflite import (
+from core.deploy.export import export_onnx
+from core.deploy.onnx_rewrite import check_same_outputs, rewrite_for_xnnpack
+from core.deploy.runtime import load_runtime_model
+from core.deploy.runtime_tflite import (
     TFLiteModel,
     litert_interpreter,
     ops_details,
     xnnpack_delegation,
 )
+from core.deploy.tflite import calibration_images, convert_onnx_to_tflite
+from core.deploy.wire import decode_output0
 from datasets.loaders import PilLoader
 from datasets.transforms import PAD_VALUE, letterbox
 from models import build_model

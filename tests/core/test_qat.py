@@ -9,24 +9,13 @@ from torch import nn
 
 from configs import load_config
 from configs.base_config import BaseConfig, ConfigError
-from core.builders import load_weights
-from core.qat import check_qat_cfg, export_int8
+from core.deploy.fake_quant import ActFakeQuant, QatAct, QatConv, QatRepConv, fake_quant_weight
+from core.deploy.qat import export_int8
+from core.deploy.quant import calibrate, freeze_bn, prepare_qat, qat_summary, set_fake_quant, strip_qat
+from core.weights import load_weights
 from main import main
 from models import build_model
 from models.blocks import Conv, RepConv
-from models.quant import (
-    ActFakeQuant,
-    QatAct,
-    QatConv,
-    QatRepConv,
-    calibrate,
-    fake_quant_weight,
-    freeze_bn,
-    prepare_qat,
-    qat_summary,
-    set_fake_quant,
-    strip_qat,
-)
 from utils.checkpoint import load_checkpoint
 
 
@@ -233,26 +222,26 @@ def test_activation_fake_quant_observes_and_rounds_to_an_int8_grid():
 
 
 def test_qat_config_errors_name_the_key():
-    cfg = BaseConfig()
-    check_qat_cfg(cfg)
+    BaseConfig().validate()
     bad_values = (("qat.epochs", -1), ("qat.lr", 0.0), ("qat.freeze_bn_epoch", -2), ("qat.batch_size", 0))
     for key, value in bad_values:
         bad = BaseConfig()
         bad.set(key, value)
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            check_qat_cfg(bad)
+            bad.validate()
 
 
 def test_missing_export_extra_is_a_warning_naming_requirements(monkeypatch, tmp_path):
     from loguru import logger
 
-    import core.export
+    import core.deploy.qat
+    from core.deploy.wire import MissingDependencyError
 
     def no_extra(cfg, model, out_dir):
         assert cfg.export.formats == ["onnx", "tflite_int8"]
-        raise core.export.MissingDependencyError("TFLite export needs the Python package 'onnx2tf'")
+        raise MissingDependencyError("TFLite export needs the Python package 'onnx2tf'")
 
-    monkeypatch.setattr(core.export, "export_model", no_extra)
+    monkeypatch.setattr(core.deploy.qat, "export_model", no_extra)
     messages: list[str] = []
     sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
     try:

@@ -9,8 +9,8 @@ from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs import ConfigError, load_config
 from core.checks import validate
-from core.debugger import draw_assignments_for_config
 from core.train import Trainer
+from core.train.debugger import draw_assignments_for_config
 from models import assign_method, build_model
 from models.coders import DistanceCoder, V7Coder
 from utils.checkpoint import load_checkpoint

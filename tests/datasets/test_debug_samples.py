@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from core.debugger import IGNORE_RGB, draw_sample
+from core.train.debugger import IGNORE_RGB, draw_sample
 from main import main
 from tests.datasets.three_formats import NAMES, default_items, write_voc
 from utils.plots import class_color

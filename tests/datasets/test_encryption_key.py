@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from configs.base_config import ConfigError
-from core.builders import build_train_loader
+from core.loaders import build_train_loader
 from datasets import build_records
 from datasets.crypto import MAGIC, Cipher, CryptoError, encrypt_tree, load_key
 from datasets.loaders import EncryptedLoader

@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.builders import resolve_class_names
-from datasets import DATASETS, build_records, category_ids, discover_class_names
+from datasets import DATASETS, build_parser, build_records, resolve_class_names
 from datasets.scan import DatasetError
 from tests.datasets.three_formats import (
     CAT_IDS,
@@ -54,9 +53,9 @@ def test_three_layouts_give_identical_records(three, split):
 
 
 def test_class_names_discovered_per_format(three):
-    assert discover_class_names(cfg_for(three["voc"], "voc")) == sorted(NAMES)  # VOC: sorted names
-    assert discover_class_names(cfg_for(three["coco"], "coco")) == NAMES  # COCO: by category id
-    assert discover_class_names(cfg_for(three["yolo"], "yolo")) == NAMES  # YOLO: data.yaml order
+    assert build_parser(cfg_for(three["voc"], "voc")).class_names() == sorted(NAMES)  # VOC: sorted names
+    assert build_parser(cfg_for(three["coco"], "coco")).class_names() == NAMES  # COCO: by category id
+    assert build_parser(cfg_for(three["yolo"], "yolo")).class_names() == NAMES  # YOLO: data.yaml order
 
 
 def test_coco_category_ids_are_kept_for_evaluation(three):
@@ -65,10 +64,13 @@ def test_coco_category_ids_are_kept_for_evaluation(three):
     assert cfg.data.class_names == NAMES and cfg.data.category_ids == CAT_IDS
     assert cfg.to_dict()["data"]["category_ids"] == CAT_IDS  # travels with the config into checkpoints
     reordered = cfg_for(three["coco"], "coco", class_names=["bird", "cat", "dog"])
-    assert category_ids(reordered) == [11, 3, 7]  # mapped by name, not by position
-    assert category_ids(cfg_for(three["voc"], "voc", class_names=list(NAMES))) == [1, 2, 3]
+    resolve_class_names(reordered)
+    assert reordered.data.category_ids == [11, 3, 7]  # mapped by name, not by position
+    voc = cfg_for(three["voc"], "voc", class_names=list(NAMES))
+    resolve_class_names(voc)
+    assert voc.data.category_ids == []  # not COCO data: the evaluator numbers the classes 1..nc
     with pytest.raises(DatasetError, match=r"\['fish'\] are not categories"):
-        category_ids(cfg_for(three["coco"], "coco", class_names=["cat", "fish"]))
+        resolve_class_names(cfg_for(three["coco"], "coco", class_names=["cat", "fish"]))
 
 
 def test_voc_difficult_equals_coco_crowd(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.builders import build_eval_loader, build_train_loader
+from core.loaders import build_eval_loader, build_train_loader
 from datasets import build_dataloader
 from datasets.image_cache import ImageCache, stored_hw
 from tests.datasets.three_formats import (
@@ -47,9 +47,9 @@ def _equal(a, b):
 def test_cached_items_equal_decoded_items(data, mode, resize):
     root, cache = data
     plain_train = _items(build_train_loader(_cfg(root, cache, "none"), DIST)[0])
-    plain_val = _items(build_eval_loader(_cfg(root, cache, "none"), DIST)[0])
+    plain_val = _items(build_eval_loader(_cfg(root, cache, "none"), DIST))
     train_loader = build_train_loader(_cfg(root, cache, mode, cache_resize=resize), DIST)[0]
-    val_loader = build_eval_loader(_cfg(root, cache, mode, cache_resize=resize), DIST)[0]
+    val_loader = build_eval_loader(_cfg(root, cache, mode, cache_resize=resize), DIST)
     assert isinstance(train_loader.dataset.image_cache, ImageCache)
     assert train_loader.dataset.image_cache.mode == mode
     assert _equal(_items(train_loader), plain_train) and _equal(_items(val_loader), plain_val)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs.bccd_yolo_r18 import BccdYoloR18
-from datasets import DATASETS, build_records, discover_class_names
+from datasets import DATASETS, build_parser, build_records
 from datasets.scan import DatasetError
 from datasets.voc import REPO_ROOT
 from tests.datasets.synth import (
@@ -50,7 +50,7 @@ def test_bccd_scan_counts(split, n_images, point_file):
 def test_bccd_discovered_class_names_and_voc_offset():
     cfg = BccdYoloR18()
     cfg.data.class_names = []
-    assert discover_class_names(cfg) == ["Platelets", "RBC", "WBC"]
+    assert build_parser(cfg).class_names() == ["Platelets", "RBC", "WBC"]
     records, _ = build_records(BccdYoloR18(), "train")
     first = records[0]  # BloodImage_00001: WBC xmin=68 ymin=315 xmax=286 ymax=480
     assert first.labels[0] == 1

@@ -16,7 +16,7 @@ import numpy as np
 from loguru import logger
 
 from configs.base_config import ConfigError
-from core.export import require
+from core.deploy.wire import require
 
 
 # -- ONNX graph preparation -------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def prepare_onnx(onnx_path: Path):
     proto = onnx.load(str(onnx_path))
     inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if [i.name for i in inputs] != ["images"] or [o.name for o in proto.graph.output] != ["output0"]:
-        raise ConfigError(f"{onnx_path}: TFLite conversion takes the graph of core/export.py (input 'images', "
+        raise ConfigError(f"{onnx_path}: TFLite conversion takes the graph of core/deploy/export.py (input 'images', "
                           f"output 'output0'), not inputs {[i.name for i in inputs]} / outputs "
                           f"{[o.name for o in proto.graph.output]} (an NMS variant?)")
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:

@@ -19,14 +19,10 @@ from pathlib import Path
 
 import torch
 from loguru import logger
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from configs.base_config import ConfigError
-from core.builders import dataset_for, loader_kwargs
-from core.runtime import model_device
-from datasets import RecordTable, build_dataloader, build_records
 from datasets.dataset import to_input
+from datasets.records import RecordTable
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
 from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_json_atomic, write_results_json
@@ -34,58 +30,7 @@ from utils.coco_results import CocoResults
 from utils.detections import Detections
 from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
 from utils.metrics import operative_metrics
-
-BENCH_DEVICES = ("auto", "cpu", "cuda", "all")
-
-
-def check_eval_cfg(cfg) -> None:
-    """Raise ConfigError naming the eval.* key whose value cannot work."""
-    e = cfg.eval
-    for key, value, lo, hi in (("eval.conf_prod", e.conf_prod, 0.0, 1.0),
-                               ("eval.match_iou", e.match_iou, 1e-6, 1.0)):
-        if not lo <= value <= hi:
-            raise ConfigError(f"{key}={value} must be in [{lo:g}, {hi:g}]")
-    if e.conf_prod < e.conf_thres:
-        raise ConfigError(f"eval.conf_prod={e.conf_prod} is below eval.conf_thres={e.conf_thres}: detections "
-                          "under conf_thres are dropped before scoring; lower eval.conf_thres")
-    if any(not 0.0 <= float(c) <= 1.0 for c in e.sweep_confs):
-        raise ConfigError(f"eval.sweep_confs={e.sweep_confs} must hold confidences in [0, 1]")
-    for key in ("eval.max_images", "eval.bench_warmup"):
-        if cfg.get(key) < 0:
-            raise ConfigError(f"{key}={cfg.get(key)} must be >= 0")
-    for key in ("eval.trend_epochs", "eval.bench_iters", "eval.bench_batch"):
-        if cfg.get(key) <= 0:
-            raise ConfigError(f"{key}={cfg.get(key)} must be positive")
-    if e.bench_device not in BENCH_DEVICES:
-        raise ConfigError(f"eval.bench_device={e.bench_device!r} is not one of {list(BENCH_DEVICES)}")
-
-
-def coco_category_ids(cfg) -> list[int]:
-    """COCO category id of each class label: ``data.category_ids`` (a COCO dataset's own ids, filled
-    by ``core.builders.resolve_class_names``) or 1..nc when it is empty."""
-    nc = len(cfg.data.class_names)
-    ids = [int(c) for c in cfg.data.category_ids] or list(range(1, nc + 1))
-    if len(ids) != nc or len(set(ids)) != nc:
-        raise ConfigError(f"data.category_ids={list(cfg.data.category_ids)} must hold {nc} distinct ids, one "
-                          f"per class of data.class_names={list(cfg.data.class_names)} (or be [] for 1..nc)")
-    return ids
-
-
-def build_val_loader(cfg, dist: DistInfo) -> tuple[DataLoader, RecordTable, int]:
-    """The loader of --task val over the scored val images (the first ``eval.max_images``, or all),
-    with the configured image loader and image cache; returns (loader, scored records, split size).
-
-    A subset gets its own image cache (tag ``_n<N>``), so it neither decodes nor replaces the
-    cache of the whole split.
-    """
-    check_eval_cfg(cfg)  # before the scan and the cache build
-    records, _ = build_records(cfg, "val")
-    n = cfg.eval.max_images
-    scored = records[:n] if n > 0 else records
-    tag = f"_n{n}" if len(scored) < len(records) else ""
-    ds = dataset_for(cfg, "val", scored, tag=tag)
-    loader, _ = build_dataloader(ds, cfg.eval.batch_size, train=False, **loader_kwargs(cfg, dist))
-    return loader, scored, len(records)
+from utils.model_info import model_device
 
 
 def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], class_names: list[str], eval_cfg,
@@ -129,10 +74,9 @@ class Evaluator:
     """
 
     def __init__(self, cfg, records: list, dist: DistInfo, num_images_total: int | None = None) -> None:
-        check_eval_cfg(cfg)
         self.cfg, self.records, self.dist = cfg, RecordTable.coerce(records), dist
         self.class_names = list(cfg.data.class_names)
-        self.cat_ids = coco_category_ids(cfg)  # results and ground truth keep the dataset's ids
+        self.cat_ids = cfg.coco_category_ids()  # results and ground truth keep the dataset's ids
         self.num_images_total = len(records) if num_images_total is None else int(num_images_total)
         self._gt: dict | None = None  # COCO ground truth, built once on first scoring
         self.history: list[dict] | None = None  # per-epoch scalars, loaded from out_dir on first scoring
@@ -142,13 +86,13 @@ class Evaluator:
     def predict(self, model: torch.nn.Module, loader) -> dict[int, dict]:
         """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K]}} for this rank.
 
-        ``model``: a PyTorch detector or a runtime model of core.runtime (same images, decode, NMS).
+        ``model``: a PyTorch detector or a runtime model of core.deploy.runtime (same images, decode, NMS).
 
         Only the evaluator's records are predicted. The loader may cover more images (its first
         ones being the records, as with eval.max_images): an eval loader yields image ids in
         increasing order on each rank, so the loop stops at the first batch past the last record.
         """
-        net = unwrap(model)  # a runtime model (core.runtime: .onnx, .tflite) is its own net
+        net = unwrap(model)  # a runtime model (core.deploy.runtime: .onnx, .tflite) is its own net
         was_training = getattr(net, "training", False)
         net.eval()
         e, out = self.cfg.eval, {}

@@ -1,6 +1,6 @@
 """Speed benchmark of a detector: latency, throughput, memory, parameters, FLOPs, checkpoint size.
 
-The detector is a PyTorch model or an exported one (core.runtime: .onnx, .tflite; CPU only, its
+The detector is a PyTorch model or an exported one (core.deploy.runtime: .onnx, .tflite; CPU only, its
 parameters counted from the file's weights, FLOPs not counted, "checkpoint" size = file size).
 
 What is timed is what a deployment runs on an already letterboxed input: forward, decode and
@@ -111,10 +111,7 @@ def run_benchmark(model: torch.nn.Module, cfg, run_device: torch.device, ckpt: s
 
     Writes benchmark.json into out_dir and prints a table. Returns {"model": {...}, "runs": [...]}.
     """
-    from core.evaluator import check_eval_cfg
-    from core.runtime import is_runtime_model, model_device
-    from utils.model_info import count_params, gflops
-    check_eval_cfg(cfg)
+    from utils.model_info import count_params, gflops, is_runtime_model, model_device
     home = model_device(model)
     runtime = is_runtime_model(model)
     devices = bench_devices(cfg.eval.bench_device, run_device)

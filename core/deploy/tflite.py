@@ -1,6 +1,6 @@
 """ONNX -> TensorFlow SavedModel and TFLite (FP32, FP16, INT8) through onnx2tf; INT8 calibration images.
 
-``convert_onnx_to_tflite`` takes the batch-1 FP32 ONNX graph of core/export.py (input ``images``
+``convert_onnx_to_tflite`` takes the batch-1 FP32 ONNX graph of core/deploy/export.py (input ``images``
 [1, 3, H, W], output ``output0`` [1, 4 + nc, N]) and writes, in ``out_dir``: ``saved_model/``
 (signature ``serving_default``: ``images`` -> ``output0``), ``model_fp32.tflite``,
 ``model_fp16.tflite`` (FP16 weights, FP32 arithmetic) and ``model_int8.tflite`` (INT8 weights and
@@ -9,7 +9,7 @@ float in [0, 1] and returns ``output0`` [1, 4 + nc, N] in the ONNX layout (check
 
 Before onnx2tf sees the graph it is fixed to batch 1, simplified with onnxslim (which folds the
 shape arithmetic the tracer leaves) and two patterns that XNNPACK, the TFLite CPU delegate, does
-not take are rewritten into equivalent ones (``core.onnx_rewrite.rewrite_for_xnnpack``; outputs
+not take are rewritten into equivalent ones (``core.deploy.onnx_rewrite.rewrite_for_xnnpack``; outputs
 compared with onnxruntime, bit for bit):
 
 - nearest ``Resize`` by an integer factor s (the neck upsampling) would become
@@ -45,9 +45,9 @@ import numpy as np
 from loguru import logger
 
 from configs.base_config import ConfigError
-from core.export import require
-from core.onnx_rewrite import prepare_onnx
-from core.runtime_tflite import litert_interpreter, ops_details, xnnpack_delegation
+from core.deploy.onnx_rewrite import prepare_onnx
+from core.deploy.runtime_tflite import litert_interpreter, ops_details, xnnpack_delegation
+from core.deploy.wire import require
 from datasets.loaders import build_loader
 from datasets.paths import IMAGE_SUFFIXES, is_image_name
 from datasets.transforms import letterbox

@@ -2,113 +2,60 @@
 
 A runtime model is called like the PyTorch detector: ``model(images)`` with images [B, 3, H, W]
 float in [0, 1] (the same letterboxed tensors the PyTorch path gets) returns ``output0``
-[B, 4 + nc, N] float32 (core/export.py), and ``model.decode(output0, img_hw)`` gives the
+[B, 4 + nc, N] float32 (core/deploy/wire.py), and ``model.decode(output0, img_hw)`` gives the
 (xyxy boxes, scores) pair that ``models.postprocess`` takes, so decoding and NMS are shared.
-It has no parameters and runs on the CPU: ``model_device`` answers "cpu" for it, and
+It has no parameters and runs on the CPU: ``utils.model_info.model_device`` answers "cpu" for it, and
 ``eval()``, ``train()``, ``to()`` are no-ops. Attributes: ``path``, ``runtime`` ("onnxruntime",
 "litert"), ``img_hw``, ``metadata`` (``read_export_metadata``), ``device``, ``num_params``.
 """
 from __future__ import annotations
 
-import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.export import decode_output0, parse_metadata, require
+from core.deploy.wire import RUNTIME_SUFFIXES, RuntimeModel, load_onnx_proto, parse_checked_metadata, require
 from utils.checkpoint import CheckpointError
+from utils.model_info import model_device
 
-RUNTIME_SUFFIXES = (".onnx", ".tflite")
-REQUIRED_METADATA = ("config", "class_names", "img_size")
 # ONNX operators whose initializer inputs at these positions are learned weights (not constants such as priors).
 _WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
                   "BatchNormalization": (1, 2), "PRelu": (1,)}
 
 
-def is_runtime_path(path: str | Path | None) -> bool:
-    """True for an exported model file (.onnx, .tflite) rather than a .pth checkpoint."""
-    return path is not None and Path(path).suffix.lower() in RUNTIME_SUFFIXES
-
-
-def is_runtime_model(model) -> bool:
-    """True for an OnnxModel / TFLiteModel (anything with a ``runtime`` other than PyTorch)."""
-    return getattr(model, "runtime", "pytorch") != "pytorch"
-
-
-def model_device(model) -> torch.device:
-    """Device of a module's first parameter (or buffer); CPU for runtime models and empty modules."""
-    if isinstance(model, nn.Module):
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            return t.device
-    return torch.device(getattr(model, "device", "cpu"))
-
-
-def _load_onnx_proto(path: Path):
-    """The ModelProto of ``path`` (weights included); CheckpointError for a missing or non-ONNX file."""
-    onnx = require("onnx", "reading an .onnx model")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: model file not found")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any parse failure means "not an ONNX model"
-        raise CheckpointError(f"{path}: not an ONNX model (cannot be parsed: {str(e).splitlines()[0]})") from None
-
-
-def _check_metadata(path: Path, meta: dict, where: str) -> dict:
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: {where} lacks {missing}: the file was not exported by this repo's "
-                              "--task export (python main.py --task export --ckpt runs/<name>/best.pth)")
-    return meta
-
-
-def _parse_checked(path: Path, raw: dict[str, str], where: str) -> dict:
-    """metadata_props strings -> parsed metadata, checked to come from --task export."""
-    try:
-        return _check_metadata(path, parse_metadata(raw), where)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: its export metadata is not valid JSON ({e})") from None
-
-
-def read_export_metadata(path: str | Path) -> dict:
-    """The parsed export metadata of an exported model: {"config": dict, "class_names": list,
-    "category_ids": list, "img_size": [H, W], "layout", "exported_by", optional "nms"}.
-
-    .onnx: its ``metadata_props``; .tflite: ``metadata.json`` in the same folder. Raises
-    CheckpointError naming the file when it is missing, unreadable, or not from --task export.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        proto = _load_onnx_proto(path)
-        return _parse_checked(path, {p.key: p.value for p in proto.metadata_props}, "its metadata")
-    if suffix == ".tflite":
-        if not path.is_file():
-            raise CheckpointError(f"{path}: model file not found")
-        meta_file = path.parent / "metadata.json"
-        if not meta_file.is_file():
-            raise CheckpointError(f"{path}: no metadata.json beside it; --task export writes one into the "
-                                  "folder of the .tflite files: keep them together")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{meta_file}: cannot be read as JSON ({e})") from None
-        return _check_metadata(path, meta, str(meta_file))
-    raise CheckpointError(f"{path}: not an exported model (expected {' or '.join(RUNTIME_SUFFIXES)})")
-
-
 def load_runtime_model(path: str | Path):
-    """OnnxModel for .onnx, TFLiteModel (core.runtime_tflite) for .tflite."""
+    """OnnxModel for .onnx, TFLiteModel (core.deploy.runtime_tflite) for .tflite."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
         return OnnxModel(path)
     if suffix == ".tflite":
-        from core.runtime_tflite import TFLiteModel
+        from core.deploy.runtime_tflite import TFLiteModel
         return TFLiteModel(path)
     raise CheckpointError(f"{path}: not an exported model (expected {' or '.join(RUNTIME_SUFFIXES)})")
+
+
+def load_runtime_for(cfg, path: str | Path, device: torch.device | str):
+    """The runtime model of ``path`` for cfg: its class names fill an empty ``data.class_names``, and
+    it must fit cfg's class count and input size (ConfigError otherwise). Runs on the CPU."""
+    from loguru import logger
+
+    from configs.base_config import ConfigError
+    model = load_runtime_model(path)
+    names = list(model.metadata["class_names"])
+    if not cfg.data.class_names:
+        cfg.data.class_names = names
+    if len(cfg.data.class_names) != len(names):
+        raise ConfigError(f"{path} predicts {len(names)} classes {names}; data.class_names has "
+                          f"{len(cfg.data.class_names)}: {list(cfg.data.class_names)}")
+    if (cfg.data.img_size, cfg.data.img_size) != tuple(model.img_hw):
+        raise ConfigError(f"{path} was exported for {model.img_hw[0]}x{model.img_hw[1]} inputs; "
+                          f"data.img_size={cfg.data.img_size} does not fit it (drop the override)")
+    if getattr(device, "type", device) != "cpu":
+        logger.info(f"{path} runs on the CPU ({model.runtime}), not on {device}")
+    logger.info(f"loaded exported model {path} ({model.runtime})")
+    return model
 
 
 def onnx_weight_count(proto) -> int:
@@ -126,36 +73,6 @@ def onnx_weight_count(proto) -> int:
                     name = source[name]
                 total += sizes.get(name, 0)
     return total
-
-
-class RuntimeModel:
-    """What every exported-model runner shares: the PyTorch detector's call surface without
-    parameters (``decode`` through ``decode_output0``; ``eval``, ``train``, ``to``,
-    ``requires_grad_`` are no-ops). Subclasses set ``runtime``, ``path``, ``img_hw``, ``metadata``
-    and define ``__call__(images) -> output0``."""
-
-    runtime = "runtime"
-    training = False
-    path: Path
-    img_hw: tuple[int, int]
-
-    def decode(self, output0: Tensor, img_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """output0 -> (boxes [B, N, 4] xyxy input pixels, scores [B, N, nc]) (``decode_output0``)."""
-        if tuple(img_hw) != self.img_hw:
-            raise ValueError(f"{self.path} was exported for {self.img_hw} inputs, not {tuple(img_hw)}")
-        return decode_output0(output0)
-
-    def eval(self) -> RuntimeModel:
-        return self
-
-    def train(self, mode: bool = True) -> RuntimeModel:
-        return self
-
-    def to(self, *args, **kwargs) -> RuntimeModel:
-        return self
-
-    def requires_grad_(self, requires_grad: bool = True) -> RuntimeModel:
-        return self
 
 
 class OnnxModel(RuntimeModel):
@@ -183,7 +100,7 @@ class OnnxModel(RuntimeModel):
             what = "not an ONNX model" if "protobuf" in cause.lower() else "onnxruntime cannot load it"
             raise CheckpointError(f"{self.path}: {what} ({cause})") from None
         raw = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.metadata = _parse_checked(self.path, raw, "its metadata")
+        self.metadata = parse_checked_metadata(self.path, raw, "its metadata")
         self.img_hw = tuple(int(v) for v in self.metadata["img_size"])
         self.device = torch.device("cpu")
         inp = self.session.get_inputs()[0]
@@ -196,7 +113,7 @@ class OnnxModel(RuntimeModel):
     def num_params(self) -> int:
         """Learned parameters of the graph (``onnx_weight_count``; reads the file with the onnx package)."""
         if self._num_params is None:
-            self._num_params = onnx_weight_count(_load_onnx_proto(self.path))
+            self._num_params = onnx_weight_count(load_onnx_proto(self.path))
         return self._num_params
 
     def __call__(self, images: Tensor) -> Tensor:

@@ -10,7 +10,9 @@ import torch
 from loguru import logger
 from PIL import Image, ImageDraw
 
-from core.builders import build_eval_loader, load_weights, resolve_class_names
+from core.loaders import build_eval_loader
+from core.weights import load_weights
+from datasets import resolve_class_names
 from datasets.dataset import to_input
 from models import assign_method, build_assigner_for, build_model
 from models.assigners import Predictions
@@ -25,7 +27,7 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     resolve_class_names(cfg)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     cfg.eval.batch_size = cfg.debug.batch_size
-    loader, _ = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment)
+    loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment)
     model = load_weights(cfg, ckpt, dist.device) if ckpt else build_model(cfg).eval()
     assigner = build_assigner_for(cfg)
     # Prediction-aware assigners (task_aligned, simota) see the model's boxes and scores: say whose.
@@ -80,7 +82,7 @@ def draw_samples_for_config(cfg, run_dir: Path) -> list[Path]:
     resolve_class_names(cfg)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     cfg.eval.batch_size = cfg.debug.batch_size
-    loader, _ = build_eval_loader(cfg, dist, cfg.debug.split, augment=True)
+    loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=True)
     loader.dataset.set_epoch(0)
     out_dir, paths = Path(run_dir) / "debug" / "samples", []
     for i, (images, targets, metas) in enumerate(loader):

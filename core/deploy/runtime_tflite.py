@@ -1,12 +1,12 @@
-"""Exported .tflite files run by the LiteRT interpreter, behind the runtime-model interface of core/runtime.py.
+"""Exported .tflite files run by the LiteRT interpreter, behind the runtime-model interface of core/deploy/wire.py.
 
 ``TFLiteModel(path)(images)`` takes images [B, 3, H, W] float in [0, 1] and returns ``output0``
-[B, 4 + nc, N] float32, as the ONNX model does. The files of core/export_tflite.py take NHWC
+[B, 4 + nc, N] float32, as the ONNX model does. The files of core/deploy/tflite.py take NHWC
 [1, H, W, 3] at a fixed batch of 1 (a batch is run image by image) and keep the ONNX output
 layout; their XNNPACK delegate (LiteRT's default on CPU) runs the supported operators. INT8 files
 made elsewhere with integer input or output are handled through their quantisation parameters.
 Class names, config and input size come from ``metadata.json`` beside the file (``--task export``
-writes it; core.runtime.read_export_metadata).
+writes it; core.deploy.wire.read_export_metadata).
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.export import require
-from core.runtime import RuntimeModel
+from core.deploy.wire import RuntimeModel, read_export_metadata, require
 
 
 def litert_interpreter(model_path: str | Path | None = None, model_content: bytes | None = None,
@@ -112,7 +111,6 @@ class TFLiteModel(RuntimeModel):
     runtime = "litert"
 
     def __init__(self, path: str | Path) -> None:
-        from core.runtime import read_export_metadata
         from utils.checkpoint import CheckpointError
         self.path = Path(path)
         self.metadata = read_export_metadata(self.path)  # metadata.json beside the file, or an error naming it

@@ -28,7 +28,6 @@ IoU > predict.nms_iou and keeps predict.max_det boxes per image, like ``models.p
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -40,31 +39,14 @@ from loguru import logger
 from torch import Tensor, nn
 
 from configs.base_config import ConfigError
+from configs.validation import MIN_OPSET
+from core.deploy.wire import INSTALL_HINT, NMS_LAYOUT, MissingDependencyError, export_metadata, parse_metadata, require
 from models.fuse import deploy_model, fuse_model
 from models.nets.graph import GraphNet
 
-LAYOUT = "output0[B,4+nc,N]: cx,cy,w,h input pixels; class scores after sigmoid"
-NMS_LAYOUT = "detections[D,7]: batch index, x1, y1, x2, y2 (input pixels), score, class"
-INSTALL_HINT = "pip install -r requirements-export.txt"
-# export.formats -> the kind core.export_tflite converts ("onnx" is written here).
+# export.formats -> the kind core.deploy.tflite converts ("onnx" is written here).
 TFLITE_KINDS = {"saved_model": "saved_model", "tflite_fp32": "fp32", "tflite_fp16": "fp16",
                 "tflite_int8": "int8"}
-EXPORT_FORMATS = ("onnx", *TFLITE_KINDS)
-JSON_METADATA_KEYS = ("config", "class_names", "category_ids", "img_size", "nms")
-MIN_OPSET = 11  # NonMaxSuppression with center_point_box, TopK with a tensor k
-
-
-class MissingDependencyError(ConfigError):
-    """An optional package (requirements-export.txt) is needed and absent; the message names it."""
-
-
-def require(package: str, purpose: str):
-    """Import the optional ``package`` for ``purpose``; MissingDependencyError naming it when absent."""
-    try:
-        return importlib.import_module(package)
-    except ImportError as e:
-        raise MissingDependencyError(f"{purpose} needs the Python package {package!r}, which cannot be "
-                                     f"imported ({e}); install the export extra: {INSTALL_HINT}") from None
 
 
 class ExportModel(nn.Module):
@@ -107,26 +89,6 @@ def replace_silu(model: nn.Module) -> int:
                 setattr(module, name, nn.Hardswish())
                 count += 1
     return count
-
-
-def decode_output0(output0: Tensor) -> tuple[Tensor, Tensor]:
-    """output0 [B, 4 + nc, N] -> (boxes [B, N, 4] xyxy input pixels, scores [B, N, nc]), float32."""
-    out = output0.float().transpose(1, 2)
-    xy, half = out[..., :2], out[..., 2:4] * 0.5
-    return torch.cat((xy - half, xy + half), -1), out[..., 4:]
-
-
-def export_metadata(cfg, img_hw: tuple[int, int]) -> dict[str, str]:
-    """The metadata stored in an exported file (see module docstring); every value a string."""
-    from core.evaluator import coco_category_ids
-    return {"config": json.dumps(cfg.to_dict()), "class_names": json.dumps(list(cfg.data.class_names)),
-            "category_ids": json.dumps(coco_category_ids(cfg)), "img_size": json.dumps(list(img_hw)),
-            "layout": LAYOUT, "exported_by": "yolo-research main.py --task export"}
-
-
-def parse_metadata(raw: dict[str, str]) -> dict:
-    """``metadata_props`` strings -> values (JSON keys parsed: config dict, lists, nms settings)."""
-    return {k: json.loads(v) if k in JSON_METADATA_KEYS else v for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -319,23 +281,6 @@ def write_nms_variant(src: str | Path, dst: str | Path, nms: GraphNms) -> Path:
     return dst
 
 
-def check_export_cfg(cfg) -> None:
-    """Raise ConfigError naming the export.* key whose value cannot work."""
-    e = cfg.export
-    bad = [f for f in e.formats if f not in EXPORT_FORMATS]
-    if not e.formats or bad:
-        raise ConfigError(f"export.formats={list(e.formats)}: {'unknown ' + str(bad) if bad else 'empty'}; "
-                          f"valid: {list(EXPORT_FORMATS)}")
-    if e.opset < MIN_OPSET:
-        raise ConfigError(f"export.opset={e.opset} must be >= {MIN_OPSET}")
-    if e.calib_count <= 0 and "tflite_int8" in e.formats:
-        raise ConfigError(f"export.calib_count={e.calib_count} must be positive for tflite_int8")
-    p = cfg.predict
-    if e.nms and not (0.0 <= p.conf_thres < 1.0 and 0.0 < p.nms_iou <= 1.0 and p.max_det > 0):
-        raise ConfigError(f"export.nms=True takes predict.conf_thres={p.conf_thres} (in [0, 1)), "
-                          f"predict.nms_iou={p.nms_iou} (in (0, 1]) and predict.max_det={p.max_det} (> 0)")
-
-
 def export_model(cfg, model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
     """Write every format of ``cfg.export.formats`` for ``model`` (input ``cfg.data.img_size``) into out_dir.
 
@@ -343,10 +288,9 @@ def export_model(cfg, model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
     "onnx_nms" (export.nms), "onnx_static" (the batch-1 FP32 graph the TFLite converter reads,
     when "onnx" is not already that), "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8",
     and "metadata" (``metadata.json``: the parsed metadata, for files without their own).
-    ``model`` itself is left as it was.
+    ``model`` itself is left as it was. The config is validated first (export.formats, opset ...).
     """
-    e = cfg.export
-    check_export_cfg(cfg)
+    e = cfg.validate().export
     require("onnx", "ONNX export")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +325,7 @@ def export_model(cfg, model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
 def _export_tflite(cfg, net: nn.Module, out_dir: Path, kinds: list[str], onnx_path: Path | None,
                    metadata: dict[str, str]) -> dict[str, Path]:
     """TFLite / SavedModel files, converted from a batch-1 FP32 ONNX graph without NMS."""
-    from core.export_tflite import calibration_images, convert_onnx_to_tflite
+    from core.deploy.tflite import calibration_images, convert_onnx_to_tflite
     e, img_hw, files = cfg.export, (cfg.data.img_size, cfg.data.img_size), {}
     static = onnx_path if onnx_path is not None and not e.dynamic and not e.half else None
     if static is None:

@@ -1,12 +1,12 @@
 """Quantisation-aware fine-tuning (``--task qat``) for TFLite INT8 deployment.
 
 ``QatFineTuner`` loads a checkpoint's (EMA) weights, scores the float model, rewrites it with the
-fake quantisers of models/quant.py (the TFLite INT8 scheme: per-channel symmetric int8 weights of
+fake quantisers of core/deploy/quant.py (the TFLite INT8 scheme: per-channel symmetric int8 weights of
 the folded convolutions, per-tensor affine int8 activations), calibrates the activation ranges on
 letterboxed training images, fine-tunes for ``qat.epochs`` epochs (BatchNorm statistics frozen
 from ``qat.freeze_bn_epoch``), scores every epoch with the quantisers off and on, and writes the
 best fake-quant epoch as ``qat.pth``, an ordinary checkpoint of the float model (``strip_qat``).
-With ``qat.export_int8`` the result is exported as INT8 TFLite (core/export.py).
+With ``qat.export_int8`` the result is exported as INT8 TFLite (core/deploy/export.py).
 """
 from __future__ import annotations
 
@@ -21,36 +21,26 @@ from loguru import logger
 from torch import nn
 from tqdm import tqdm
 
+from core.deploy.export import export_model
+from core.deploy.quant import calibrate, freeze_bn, prepare_qat, qat_summary, set_fake_quant, strip_qat
+from core.deploy.wire import MissingDependencyError
+from core.evaluation.evaluator import Evaluator
+from core.loaders import build_eval_loader, build_train_loader
+from core.train.step import TrainStep
+from core.weights import load_weights
+from datasets import resolve_class_names
 from datasets.dataset import to_input
-from models.quant import (
-    calibrate,
-    freeze_bn,
-    prepare_qat,
-    qat_summary,
-    set_fake_quant,
-    strip_qat,
-)
-
-
-def check_qat_cfg(cfg) -> None:
-    """Raise ConfigError naming the qat.* key whose value cannot work."""
-    from configs.base_config import ConfigError
-    q = cfg.qat
-    if q.epochs < 0:
-        raise ConfigError(f"qat.epochs={q.epochs} must be >= 0 (0: calibrate and evaluate only)")
-    if not (math.isfinite(q.lr) and q.lr > 0):
-        raise ConfigError(f"qat.lr={q.lr} must be a positive learning rate")
-    if q.freeze_bn_epoch < 0:
-        raise ConfigError(f"qat.freeze_bn_epoch={q.freeze_bn_epoch} must be >= 0 (0 = BN frozen throughout)")
-    if q.batch_size < 1:
-        raise ConfigError(f"qat.batch_size={q.batch_size} must be >= 1")
+from models import build_loss, build_model
+from utils.checkpoint import save_checkpoint
+from utils.dist import DistInfo, seed_everything, wrap_ddp
+from utils.ema import ModelEMA
+from utils.optim import build_optimizer
+from utils.scheduler import build_scheduler
 
 
 def load_float_model(cfg, ckpt: str, device: torch.device) -> nn.Module:
     """The checkpoint's (EMA) weights in cfg's model, trainable as a freshly built model is
     (load_weights freezes everything; frozen-by-design tensors such as the DFL bins stay frozen)."""
-    from core.builders import load_weights
-    from models import build_model
     model = load_weights(cfg, ckpt, device)
     ref_cfg = copy.deepcopy(cfg)
     ref_cfg.model.pretrained = ""  # the reference only tells which tensors train
@@ -75,7 +65,7 @@ class QatFineTuner:
     """Fake-quantised fine-tuning of a checkpoint: calibrate, evaluate, train cfg.qat.epochs epochs
     (BN frozen from cfg.qat.freeze_bn_epoch), evaluate each epoch, keep the best.
 
-    Reuses the trainer's pieces: loaders (core.builders), loss (models.build_loss), optimizer
+    Reuses the trainer's pieces: loaders (core.loaders), loss (models.build_loss), optimizer
     parameter groups (no weight decay on norms and biases), the per-iteration schedule, the
     training step with its non-finite guard (core.train.step.TrainStep, which also restores the
     observers a skipped step moved), the EMA and the Evaluator. Epoch 0 of the results is the
@@ -83,15 +73,6 @@ class QatFineTuner:
     """
 
     def __init__(self, cfg, dist, run_dir: Path, ckpt: str) -> None:
-        from core.builders import (
-            build_eval_loader,
-            build_train_loader,
-            resolve_class_names,
-        )
-        from core.evaluator import Evaluator
-        from models import build_loss
-        from utils.dist import DistInfo, seed_everything
-        check_qat_cfg(cfg)
         self.cfg, self.dist, self.run_dir, self.ckpt = cfg, dist, Path(run_dir), str(ckpt)
         self.device = dist.device
         seed_everything(cfg.train.seed, dist.rank, cfg.train.deterministic)
@@ -104,9 +85,9 @@ class QatFineTuner:
         self.train_loader, self.train_sampler = build_train_loader(tcfg, dist)
         # Every rank calibrates on the same images, so the ranges agree without a collective.
         single = DistInfo(rank=0, local_rank=0, world_size=1, device=dist.device)
-        self.calib_loader, _ = build_eval_loader(cfg, single, "train")
-        self.val_loader, val_records = build_eval_loader(cfg, dist, "val")
-        self.evaluator = Evaluator(cfg, val_records, dist)
+        self.calib_loader = build_eval_loader(cfg, single, "train")
+        self.val_loader = build_eval_loader(cfg, dist, "val")
+        self.evaluator = Evaluator(cfg, self.val_loader.dataset.records, dist)
         self.criterion = build_loss(cfg, self.model)
         self.rows: list[dict] = []
         self.best: dict = {"epoch": -1, "mAP": -1.0, "state": None, "metrics": {}}
@@ -128,11 +109,6 @@ class QatFineTuner:
                     f"{self.cfg.export.calib_count}, letterboxed, no augmentation)")
 
     def build_training(self) -> None:
-        from core.train.step import TrainStep
-        from utils.dist import wrap_ddp
-        from utils.ema import ModelEMA
-        from utils.optim import build_optimizer
-        from utils.scheduler import build_scheduler
         cfg = self.cfg
         name = "sgd" if cfg.optim.name == "sgd" else "adamw"
         optim_cfg = dataclasses.replace(cfg.optim, name=name, lr=cfg.qat.lr, base_batch=cfg.qat.batch_size,
@@ -187,7 +163,6 @@ class QatFineTuner:
 
     def save(self) -> Path | None:
         """qat.pth: the best epoch's float weights (a normal checkpoint: --task val / export read it)."""
-        from utils.checkpoint import save_checkpoint
         if not self.dist.is_main or self.best["state"] is None:
             return None
         state = {"model": self.best["state"], "config": self.cfg.to_dict(),
@@ -228,10 +203,9 @@ class QatFineTuner:
 
 
 def export_int8(cfg, model: nn.Module, run_dir: Path) -> dict[str, Path]:
-    """ONNX and INT8 TFLite files of ``model`` in ``run_dir`` (core.export.export_model with
+    """ONNX and INT8 TFLite files of ``model`` in ``run_dir`` (core.deploy.export.export_model with
     export.formats = ["onnx", "tflite_int8"]); {} with a warning when the export extra
     (requirements-export.txt) is not installed."""
-    from core.export import MissingDependencyError, export_model
     ecfg = copy.deepcopy(cfg)
     ecfg.export.formats = ["onnx", "tflite_int8"]
     try:

@@ -29,8 +29,6 @@ from loguru import logger
 from tqdm import tqdm
 
 from configs.base_config import ConfigError
-from core.evaluator import coco_category_ids
-from core.runtime import model_device
 from datasets.dataset import to_input
 from datasets.image_io import ImageError
 from datasets.loaders import EncryptedLoader, ImageLoader, build_loader
@@ -38,6 +36,7 @@ from datasets.paths import ENC_SUFFIX, IMAGE_SUFFIXES, image_stem, is_image_name
 from datasets.transforms import boxes_from_letterbox, letterbox
 from models.postprocess import postprocess
 from utils.coco_eval import write_json_atomic
+from utils.model_info import model_device
 from utils.plots import draw_detections, save_image
 
 IMAGE_EXTS = set(IMAGE_SUFFIXES)
@@ -172,7 +171,7 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 class Predictor:
     """run(source, out_dir) -> per-image detection records (also written as files, module docstring).
 
-    ``model``: a PyTorch detector or a runtime model of core.runtime (.onnx, .tflite).
+    ``model``: a PyTorch detector or a runtime model of core.deploy.runtime (.onnx, .tflite).
     """
 
     def __init__(self, cfg, model: torch.nn.Module) -> None:
@@ -183,9 +182,9 @@ class Predictor:
         self.cfg, self.model = cfg, model.eval()
         self.names = (load_class_names(p.class_names_file, cfg.num_classes) if p.class_names_file
                       else list(cfg.data.class_names))
-        self.cat_ids = coco_category_ids(cfg)
+        self.cat_ids = cfg.coco_category_ids()
         self.loader = build_loader(cfg.data)
-        self.device = model_device(model)  # CPU for an exported model (core.runtime)
+        self.device = model_device(model)  # CPU for an exported model (core.deploy.runtime)
 
     @torch.no_grad()
     def detect_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

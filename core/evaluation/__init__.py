@@ -1,0 +1,1 @@
+"""Evaluation and prediction: COCO metrics and reports, predictions on images and videos, speed."""

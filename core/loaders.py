@@ -1,0 +1,43 @@
+"""DataLoaders wired to the process group: per-rank batches, samplers, workers (the datasets come
+from datasets.build_dataset)."""
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, Sampler
+
+from configs.base_config import BaseConfig, ConfigError
+from datasets import build_dataloader, build_dataset
+from utils.dist import DistInfo
+
+
+def per_rank_batch(global_batch: int, dist: DistInfo, key: str) -> int:
+    """The global batch split over processes (not over GPUs: a CPU run has one process)."""
+    if global_batch % dist.world_size:
+        raise ConfigError(f"{key}={global_batch} must be divisible by the number of processes "
+                          f"({dist.world_size})")
+    return global_batch // dist.world_size
+
+
+def loader_kwargs(cfg: BaseConfig, dist: DistInfo) -> dict:
+    """``build_dataloader`` settings of the config (workers, pinning, prefetch, persistence, timeout)."""
+    d = cfg.data
+    return {"num_workers": d.num_workers, "rank": dist.rank, "world_size": dist.world_size,
+            "seed": cfg.train.seed, "pin_memory": d.pin_memory and dist.device.type == "cuda",
+            "prefetch_factor": d.prefetch_factor, "persistent_workers": d.persistent_workers,
+            "timeout_s": d.loader_timeout_s}
+
+
+def build_train_loader(cfg: BaseConfig, dist: DistInfo) -> tuple[DataLoader, Sampler]:
+    """Augmented training loader and its sampler; the dataset knows the epoch count, so
+    ``aug.close_mosaic_epochs`` follows ``set_epoch`` (also after a resume)."""
+    ds = build_dataset(cfg, "train", train=True, augment=True)
+    return build_dataloader(ds, per_rank_batch(cfg.train.batch_size, dist, "train.batch_size"), train=True,
+                            **loader_kwargs(cfg, dist))
+
+
+def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augment: bool = False,
+                      max_images: int = 0) -> DataLoader:
+    """Loader over a split in order, letterboxed (or augmented, for debug plots), each rank its
+    share; ``max_images`` > 0 keeps the first N images. ``loader.dataset.records`` are the images
+    it covers, ``loader.dataset.split_size`` the size of the split."""
+    ds = build_dataset(cfg, split, train=augment, augment=augment, max_images=max_images)
+    return build_dataloader(ds, cfg.eval.batch_size, train=False, **loader_kwargs(cfg, dist))[0]
