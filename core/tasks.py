@@ -101,7 +101,7 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
     log file), then the process exits non-zero."""
     from core.train import NonFiniteLossError, NonFiniteWeightsError, Trainer
     if dist.is_main:
-        from utils.coco_eval import write_json_atomic
+        from utils.files import write_json_atomic
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
     try:
         trainer = Trainer(cfg, dist, run_dir, resume=args.ckpt)

@@ -45,6 +45,7 @@ from datasets.crypto import MAGIC, Cipher, CryptoError
 from datasets.file_stats import FileStats
 from datasets.records import RecordTable
 from datasets.scan import DatasetError, ScanReport
+from utils.files import write_bytes_atomic
 
 CACHE_VERSION = 2  # 2: RecordTable arrays and array file stats (1 held one JSON entry per file)
 _AAD = b"labels"
@@ -140,19 +141,6 @@ def settings_change(old: dict, new: dict) -> str | None:
     return "settings changed: " + "; ".join(diffs) if diffs else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -- file format --------------------------------------------------------------------------
 def _pack(table: RecordTable, stats: FileStats, meta: dict) -> bytes:
     buf = io.BytesIO()
@@ -239,7 +227,7 @@ def _scan_or_load(parser: Any, split: str, class_names: list[str], cfg: Any, set
     stats = FileStats.of(sorted({str(p) for p in files}))
     data = _pack(records, stats, {"settings": settings, "report": dataclasses.asdict(report)})
     try:
-        _write_atomic(path, cipher.encrypt(data, _AAD) if cipher is not None else data)
+        write_bytes_atomic(path, cipher.encrypt(data, _AAD) if cipher is not None else data)
     except OSError as e:
         logger.warning(f"could not write the label cache {path} ({e.strerror or e}); continuing without it")
     return records, report

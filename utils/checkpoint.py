@@ -21,6 +21,8 @@ import torch
 from loguru import logger
 from torch import nn
 
+from utils.files import atomic_write
+
 # Exact types, not isinstance: np.float64 subclasses float and would slip through.
 _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 
@@ -54,20 +56,6 @@ def _check_plain(x: Any, key_path: str) -> None:
 
 
 # -- save / load -----------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable: the directory entry must reach the disk too."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems / platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _os_cause(exc: BaseException) -> str:
     """The strerror of the OSError behind ``exc`` (torch may wrap it in a RuntimeError)."""
     e: BaseException | None = exc
@@ -97,19 +85,11 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     if not isinstance(state, dict):
         raise CheckpointError(f"could not write {path}: state must be a dict, got {type(state).__name__}")
     _check_plain(state, "")
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch reports failed writes as RuntimeError
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {_os_cause(e)}") from e
-    _fsync_dir(path.parent)
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> list[Path]:

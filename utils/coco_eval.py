@@ -26,77 +26,28 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import io
-import json
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from loguru import logger
 
 from configs.validation import METRIC_KEYS  # the COCO stats order, with the names train.monitor takes
 from utils.coco_results import CocoResults
-
-
-@contextlib.contextmanager
-def _atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
-    """A text file that replaces ``path`` when the block ends without error: a temp file in the
-    same directory, fsync, then ``os.replace`` (a reader sees the old file or the new one, never
-    half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() gives
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as json to ``path`` atomically (see ``_atomic_text``). Numpy scalars and
-    arrays are converted to plain Python values."""
-    # dumps, not dump: dump streams through the pure-Python encoder, many times slower
-    text = json.dumps(obj, default=_json_default)
-    with _atomic_text(path) as f:
-        f.write(text)
+from utils.files import atomic_write
 
 
 def write_results_json(path: str | os.PathLike, results: CocoResults, chunk: int = 100_000) -> None:
     """Write ``results`` as a COCO results json list, atomically, ``chunk`` detections at a time
     (the text ``write_json_atomic`` gives for the list of result dicts, without that list)."""
-    with _atomic_text(path) as f:
+    with atomic_write(path, "w") as f:
         f.write("[")
         for start in range(0, len(results), chunk):
             f.write((", " if start else "") + results.json_rows(start, start + chunk))
         f.write("]")
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask (read once: reading it means setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"write_json_atomic: cannot serialise {type(x).__name__}")
 
 
 def _resolve_cat_ids(class_names: Sequence[str], cat_ids: Sequence[int] | None) -> list[int]:

@@ -317,7 +317,7 @@ def export_model(cfg, model: nn.Module, out_dir: str | Path) -> dict[str, Path]:
     if kinds:
         files.update(_export_tflite(cfg, net, out_dir, kinds, files.get("onnx"), metadata))
     files["metadata"] = out_dir / "metadata.json"
-    from utils.coco_eval import write_json_atomic
+    from utils.files import write_json_atomic
     write_json_atomic(files["metadata"], parse_metadata(metadata))
     return files
 

@@ -51,6 +51,7 @@ from core.deploy.wire import require
 from datasets.loaders import build_loader
 from datasets.paths import IMAGE_SUFFIXES, is_image_name
 from datasets.transforms import letterbox
+from utils.files import write_bytes_atomic
 
 KINDS = ("saved_model", "fp32", "fp16", "int8")
 OUTPUT_NAMES = {"saved_model": "saved_model", "fp32": "model_fp32.tflite", "fp16": "model_fp16.tflite",
@@ -166,7 +167,7 @@ def _write_outputs(model, out_dir: Path, kinds: list[str], calib: np.ndarray | N
              "int8": lambda: _int8_model(converter(), fp32, calib)}
     for kind in (k for k in ("fp32", "fp16", "int8") if k in kinds):
         files[kind] = out_dir / OUTPUT_NAMES[kind]
-        _write_bytes(files[kind], build[kind]())
+        write_bytes_atomic(files[kind], build[kind]())
         _check_tflite(files[kind], out_shape)
     return files
 
@@ -256,12 +257,6 @@ def decode_tail(tflite_model: bytes) -> list[str]:
     names = {d["index"]: d["name"] for d in it.get_tensor_details()}
     return [names[int(op["outputs"][0])] for op in ops
             if op["op_name"] not in _CONV_OPS and not feeds_conv[op["index"]]]
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def _check_tflite(path: Path, out_shape: list[int]) -> None:

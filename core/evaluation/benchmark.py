@@ -24,7 +24,7 @@ from loguru import logger
 
 from configs.base_config import ConfigError
 from models.postprocess import postprocess
-from utils.coco_eval import write_json_atomic
+from utils.files import write_json_atomic
 
 
 def bench_devices(choice: str, run_device: torch.device) -> list[torch.device]:

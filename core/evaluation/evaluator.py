@@ -25,10 +25,11 @@ from datasets.dataset import to_input
 from datasets.records import RecordTable
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
-from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_json_atomic, write_results_json
+from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_results_json
 from utils.coco_results import CocoResults
 from utils.detections import Detections
 from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
+from utils.files import write_json_atomic
 from utils.metrics import operative_metrics
 from utils.model_info import model_device
 

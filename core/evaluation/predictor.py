@@ -35,7 +35,7 @@ from datasets.loaders import EncryptedLoader, ImageLoader, build_loader
 from datasets.paths import ENC_SUFFIX, IMAGE_SUFFIXES, image_stem, is_image_name
 from datasets.transforms import boxes_from_letterbox, letterbox
 from models.postprocess import postprocess
-from utils.coco_eval import write_json_atomic
+from utils.files import write_json_atomic
 from utils.model_info import model_device
 from utils.plots import draw_detections, save_image
 

@@ -1,7 +1,6 @@
 """COCO evaluation: GT/result conversion, both backends, parity, ignore regions, errors."""
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +12,6 @@ from utils.coco_eval import (
     detections_to_coco_results,
     format_metrics,
     records_to_coco_gt,
-    write_json_atomic,
 )
 
 NAMES = ["rbc", "wbc", "platelet", "other"]
@@ -209,23 +207,3 @@ def test_format_metrics_table(gt, recs):
     assert lines[1].split()[0] == "1.000" and lines[1].split()[3] == "-"
     assert len(lines) == 3 + len(NAMES) and lines[3].split()[:2] == ["rbc", "1"]
 
-
-def test_write_json_atomic(tmp_path):
-    path = tmp_path / "sub" / "metrics.json"
-    write_json_atomic(path, {"mAP": np.float64(0.5), "ids": np.arange(3)})
-    assert json.loads(path.read_text()) == {"mAP": 0.5, "ids": [0, 1, 2]}
-    write_json_atomic(path, {"mAP": 0.7})
-    assert json.loads(path.read_text()) == {"mAP": 0.7}
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"bad": object()})
-    assert json.loads(path.read_text()) == {"mAP": 0.7}  # a failed write leaves the old file
-    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no stray tmp files
-
-
-def test_write_json_atomic_gives_the_permissions_of_a_plain_open(tmp_path):
-    """Run files (metrics.json, an export's metadata.json) are shared: not mkstemp's private 0600."""
-    write_json_atomic(tmp_path / "a.json", {"x": 1})
-    with open(tmp_path / "b.json", "w") as f:
-        f.write("{}")
-    modes = [(tmp_path / p).stat().st_mode & 0o777 for p in ("a.json", "b.json")]
-    assert modes[0] == modes[1]

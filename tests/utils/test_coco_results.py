@@ -15,11 +15,11 @@ from utils.coco_eval import (
     coco_evaluate,
     detections_to_coco_results,
     records_to_coco_gt,
-    write_json_atomic,
     write_results_json,
 )
 from utils.coco_results import CocoResults
 from utils.detections import Detections
+from utils.files import write_json_atomic
 
 CAT_IDS = [3, 5, 8, 13]
 
