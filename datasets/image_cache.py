@@ -45,7 +45,6 @@ from datasets.scan import DatasetError
 from datasets.transforms import resize_long_side
 
 IMAGE_CACHE_VERSION = 2  # 2: file stats and shapes as arrays (1 held one JSON entry per image)
-CACHE_MODES = ("none", "ram", "disk")
 _META = b"__meta__"  # JSON: settings, resize, key check
 _ARRAYS = b"__arrays__"  # npz: file stats and stored (h, w) per image, no Python object per image
 _CHECK = b"image cache key check"

@@ -116,21 +116,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tensor`` over ranks, as a new float tensor of the same shape.
-
-    Integer tensors are converted to float first (a mean of ints is not an int).
-    Without a process group, a detached float copy is returned.
-    """
-    t = tensor.detach().clone()
-    if not t.is_floating_point():
-        t = t.float()
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
-    return t
-
-
 def any_rank(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
     """Each flag OR-ed over all ranks (the flags themselves without a process group).
 

@@ -84,10 +84,6 @@ class Assigner:
     def __init__(self, **options) -> None:
         self.opt = self.Options(**options)
 
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls.Options)]
-
     def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
         raise NotImplementedError
 
