@@ -46,6 +46,7 @@ CONFIG_VERSION = 2  # 2: assign.options replaced the flat assign.* option fields
 _V1_ASSIGN = {"match_iou_thres": 0.0625, "filter_by_max_iou": True, "ensure_one_match": True, "topk": 10,
               "alpha": 0.5, "beta": 6.0, "anchor_t": 4.0}
 TOP_LEVEL = ("name", "task")  # config fields outside the sections
+ALSO_ACCEPTS = {"model.anchors": ("auto",)}  # values a field takes besides those of its default's type
 
 
 class BaseConfig:
@@ -119,7 +120,10 @@ class BaseConfig:
             setattr(self, key, _coerce(key, getattr(self, key), value))
             return
         sec, fld = self._split(key)
-        current = getattr(getattr(self, sec), fld)
+        if value in ALSO_ACCEPTS.get(key, ()):
+            setattr(getattr(self, sec), fld, value)
+            return
+        current = getattr(SECTIONS[sec](), fld)  # the type comes from the field's default
         setattr(getattr(self, sec), fld, _coerce(key, current, value))
 
     def _split(self, key: str) -> tuple[str, str]:

@@ -76,7 +76,7 @@ class ModelCfg:
     neck: str = "spp_pan"  # feature pyramid: SPP on the deepest map, then a top-down + bottom-up PAN
     neck_channels: list = field(default_factory=lambda: [128, 256, 512])  # neck output channels per level before channel_sparsity
     strides: list = field(default_factory=lambda: [8, 16, 32])  # output strides of the three head levels, pixels
-    anchors: list = field(default_factory=lambda: [list(map(list, lv)) for lv in COCO_ANCHORS])  # per level, per anchor [w, h] in pixels at a 640 input
+    anchors: list = field(default_factory=lambda: [list(map(list, lv)) for lv in COCO_ANCHORS])  # per level, per anchor [w, h] in pixels at anchor_ref_size, or "auto": fitted to the train boxes at the start of training (the fitted ones are stored)
     anchor_ref_size: int = 640  # input side the anchors are given for; they are scaled by img_size / anchor_ref_size
     pretrained: str = ""  # local weights file, "" = from scratch. yolo: a backbone state dict (torchvision ResNet names); YOLOv9 family: a checkpoint of this repo or an official release state dict (other class counts load what fits)
     obj_bias_prior: float = 0.01  # initial objectness probability (sets the head bias)
@@ -135,7 +135,9 @@ class SchedCfg:
 class TrainCfg:
     epochs: int = 40  # training epochs
     batch_size: int = 16  # global batch (all ranks together), images
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision on CUDA (fp16 is ignored on CPU; bf16 also runs there)
+    amp_dtype: str = "fp16"  # autocast dtype of train, val and benchmark forwards: fp16 (with a grad scaler) or bf16 (none needed)
+    multi_scale: list = field(default_factory=list)  # [min, max] input sides, pixels: each batch a random multiple of the largest stride in that range, the same on every rank ([] = off)
     ema: bool = True  # keep an exponential moving average of the weights (used for val and best)
     ema_decay: float = 0.9999  # asymptotic EMA decay
     ema_tau: float = 2000.0  # EMA warm-up: decay = ema_decay * (1 - exp(-updates / ema_tau))
@@ -166,6 +168,8 @@ class EvalCfg:
     backend: str = "faster_coco_eval"  # faster_coco_eval | pycocotools
     conf_thres: float = 0.001  # minimum score kept for scoring (COCO protocol: keep almost everything)
     nms_iou: float = 0.6  # IoU threshold of class-wise NMS
+    agnostic_nms: bool = False  # NMS across classes (a box suppresses overlapping boxes of any class)
+    rect: bool = False  # batches of similar aspect ratio, each padded only to the next multiple of the stride (not to a square)
     max_det: int = 100  # detections kept per image (COCO maxDets)
     pre_nms_topk: int = 3000  # candidates per image entering NMS
     batch_size: int = 16  # images per step per rank
@@ -189,6 +193,7 @@ class PredictCfg:
     source: str = ""  # image file, folder (images and videos inside), or video file (anything OpenCV reads)
     conf_thres: float = 0.25  # minimum score drawn and saved
     nms_iou: float = 0.45  # IoU threshold of class-wise NMS
+    agnostic_nms: bool = False  # NMS across classes (a box suppresses overlapping boxes of any class)
     max_det: int = 300  # detections kept per image
     save_images: bool = True  # write annotated copies of the images
     line_width: int = 2  # box outline width in the annotated images, pixels
@@ -205,7 +210,7 @@ class DebugCfg:
     split: str = "train"  # which split to draw
     augment: bool = False  # mode "assign": draw augmented samples (True) or letterboxed originals (False)
     batch_size: int = 4  # images per drawn batch
-    mode: str = "assign"  # "assign": label-assignment plots; "samples": augmented training samples with boxes
+    mode: str = "assign"  # "assign": label-assignment plots; "samples": augmented training samples with boxes; "dataset": a report of the training boxes (counts, sizes, anchors)
 
 
 @dataclass

@@ -22,7 +22,8 @@ CHOICES = {
     "sched.name": ("cosine", "linear", "step", "one_cycle"),
     "eval.backend": ("faster_coco_eval", "pycocotools"),
     "debug.split": ("train", "val"),
-    "debug.mode": ("assign", "samples"),
+    "debug.mode": ("assign", "samples", "dataset"),
+    "train.amp_dtype": ("fp16", "bf16"),
     "data.cache_images": ("none", "ram", "disk"),
     "eval.bench_device": BENCH_DEVICES,
     "train.monitor": METRIC_KEYS,
@@ -43,13 +44,11 @@ def validate_config(cfg: Any) -> None:
     if cfg.data.img_size % max(cfg.model.strides) or cfg.data.img_size <= 0:
         raise ConfigError(f"data.img_size={cfg.data.img_size} must be a positive multiple of "
                           f"the largest stride {max(cfg.model.strides)}")
-    n_lv = len(cfg.model.strides)
-    if len(cfg.model.anchors) != n_lv or len(cfg.loss.level_weights) != n_lv:
-        raise ConfigError(f"model.anchors ({len(cfg.model.anchors)} levels) and loss.level_weights "
-                          f"({len(cfg.loss.level_weights)}) must have one entry per stride ({n_lv})")
-    if len({len(lv) for lv in cfg.model.anchors}) != 1 or any(
-            len(a) != 2 or min(a) <= 0 for lv in cfg.model.anchors for a in lv):
-        raise ConfigError("model.anchors must list the same number of positive [w, h] pairs per level")
+    _check_anchors(cfg)
+    ms, stride = cfg.train.multi_scale, max(cfg.model.strides)
+    if ms and (len(ms) != 2 or not 0 < ms[0] <= ms[1] or math.ceil(ms[0] / stride) * stride > ms[1]):
+        raise ConfigError(f"train.multi_scale={ms} must be [min, max] input sides (pixels) holding a multiple of "
+                          f"the largest stride {stride}, or [] (off)")
     if not 0.0 < cfg.model.channel_sparsity <= 4.0:
         raise ConfigError(f"model.channel_sparsity={cfg.model.channel_sparsity} must be in (0, 4]")
     if not isinstance(cfg.assign.options, dict) or any(not isinstance(k, str) for k in cfg.assign.options):
@@ -180,6 +179,21 @@ def _check_data_and_aug(cfg: Any) -> None:
         raise ConfigError(f"data.cache_images={cfg.data.cache_images!r} with the encrypted image loader would "
                           "keep the decrypted images in plain form: set data.encrypt_cache=True (the cache is "
                           "then encrypted with the same key) or data.cache_images='none'")
+
+
+def _check_anchors(cfg: Any) -> None:
+    n_lv = len(cfg.model.strides)
+    if len(cfg.loss.level_weights) != n_lv:
+        raise ConfigError(f"loss.level_weights ({len(cfg.loss.level_weights)}) must have one entry per stride "
+                          f"({n_lv})")
+    anchors = cfg.model.anchors
+    if anchors == "auto":
+        return
+    if len(anchors) != n_lv:
+        raise ConfigError(f"model.anchors ({len(anchors)} levels) must have one entry per stride ({n_lv}), or be "
+                          "'auto' (fitted to the train boxes)")
+    if len({len(lv) for lv in anchors}) != 1 or any(len(a) != 2 or min(a) <= 0 for lv in anchors for a in lv):
+        raise ConfigError("model.anchors must list the same number of positive [w, h] pairs per level")
 
 
 _NAME = re.compile(r"[\w+-][\w.+-]*")
