@@ -8,11 +8,12 @@ from utils.nms import batched_nms
 
 
 def postprocess(boxes: Tensor, scores: Tensor, conf_thres: float, nms_iou: float, max_det: int,
-                pre_nms_topk: int = 3000) -> list[dict[str, Tensor]]:
-    """Per image: confidence filter, top-k, class-wise NMS, keep max_det.
+                pre_nms_topk: int = 3000, agnostic: bool = False) -> list[dict[str, Tensor]]:
+    """Per image: confidence filter, top-k, NMS, keep max_det.
 
     boxes: [B, P, 4] xyxy input pixels; scores: [B, P, nc] in [0, 1].
-    A slot may yield several classes (multi-label), as the COCO protocol rewards.
+    A slot may yield several classes (multi-label), as the COCO protocol rewards. NMS is class-wise,
+    or with ``agnostic`` across classes (a box then suppresses overlapping boxes of any class).
     Returns per image {"boxes": [K, 4], "scores": [K], "labels": [K] long}, sorted by score.
     """
     out = []
@@ -24,7 +25,7 @@ def postprocess(boxes: Tensor, scores: Tensor, conf_thres: float, nms_iou: float
             sc, top = sc.topk(pre_nms_topk)
             slot, cls = slot[top], cls[top]
         bx = boxes[b, slot]
-        keep = batched_nms(bx, sc, cls, nms_iou)[:max_det]
+        keep = batched_nms(bx, sc, torch.zeros_like(cls) if agnostic else cls, nms_iou)[:max_det]
         out.append({"boxes": bx[keep], "scores": sc[keep], "labels": cls[keep]})
     return out
 
