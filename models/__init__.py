@@ -21,6 +21,7 @@ from models.losses import LOSSES
 from models.necks import NECKS, build_neck
 from models.nets import NETS, build_net
 
+DEFAULT_ANCHORS = BaseConfig().model.anchors  # the COCO anchors of model.anchors' default
 # The assignment a family trains with when assign.method = "auto".
 AUTO_ASSIGNER = {"yolo": "nearby_grid", "v7": "ratio_grid"}
 DFL_ASSIGNER = "task_aligned"
@@ -30,6 +31,15 @@ def scaled_anchors(model_cfg, img_size: int) -> list:
     """Anchors of the config (given for anchor_ref_size) scaled to img_size, input pixels."""
     k = img_size / model_cfg.anchor_ref_size
     return [[[w * k, h * k] for w, h in lv] for lv in model_cfg.anchors]
+
+
+def configured_anchors(cfg) -> list | None:
+    """The anchors cfg gives the network, input pixels: the simple YOLO reads model.anchors; an
+    anchor-based graph net (v7) its own ANCHORS unless model.anchors differs from the default (fitted
+    by model.anchors="auto", or set); None for the anchor-free nets."""
+    if cfg.model.name != "yolo" and (model_family(cfg.model.name) == "dfl" or cfg.model.anchors == DEFAULT_ANCHORS):
+        return None
+    return scaled_anchors(cfg.model, cfg.data.img_size)
 
 
 def model_family(name: str) -> str:
@@ -61,8 +71,8 @@ def check_assignment(cfg) -> None:
 # Config fields read by one network family only; the others ignore them, and a config that sets one
 # for a family that ignores it is refused (or, when the experiment class set it, warned about once).
 _YOLO_FIELDS = ("model.backbone", "model.channel_sparsity", "model.activation", "model.neck",
-                "model.neck_channels", "model.strides", "model.anchors", "model.anchor_ref_size",
-                "model.obj_bias_prior")
+                "model.neck_channels", "model.strides", "model.obj_bias_prior")
+_ANCHOR_FIELDS = ("model.anchors", "model.anchor_ref_size")  # the anchor-based families read them
 _ANCHOR_LOSS_FIELDS = ("loss.obj_weight", "loss.noobj_weight", "loss.focal_gamma", "loss.obj_target",
                        "loss.level_weights", "loss.ignore_iou", "loss.label_smoothing")
 _DFL_LOSS_FIELDS = ("loss.dfl_weight", "loss.aux_weight")
@@ -73,8 +83,9 @@ def ignored_fields(name: str) -> tuple[str, ...]:
     """The config fields model.name=``name`` does not read (its network and its loss)."""
     if name == "yolo":
         return ("model.aux", *_DFL_LOSS_FIELDS)
-    loss = _ANCHOR_LOSS_FIELDS if model_family(name) == "dfl" else (*_DFL_LOSS_FIELDS, "model.aux")
-    return (*_YOLO_FIELDS, *loss)
+    if model_family(name) == "dfl":
+        return (*_YOLO_FIELDS, *_ANCHOR_FIELDS, *_ANCHOR_LOSS_FIELDS)
+    return (*_YOLO_FIELDS, *_DFL_LOSS_FIELDS, "model.aux")
 
 
 def check_ignored_fields(cfg) -> None:
@@ -137,7 +148,8 @@ def build_yolo(cfg) -> Detector:
 
 def build_graph_net(cfg) -> DetectorBase:
     """A YOLOv9-family network by name; model.pretrained loads full-model weights (see load_pretrained)."""
-    model = build_net(cfg.model.name, cfg.num_classes, coder=coder_for(cfg), aux=cfg.model.aux)
+    model = build_net(cfg.model.name, cfg.num_classes, coder=coder_for(cfg), aux=cfg.model.aux,
+                      anchors=configured_anchors(cfg))
     if cfg.model.pretrained:
         load_pretrained(model, cfg.model.pretrained)
     return model

@@ -161,7 +161,8 @@ class _Step(NamedTuple):
 class GraphNet(DetectorBase):
     """A YOLOv9-family network built from the row table ``LAYERS`` of a subclass.
 
-    Constructor: (num_classes, coder=None, aux=True). With ``aux=False`` (or for a class without an
+    Constructor: (num_classes, coder=None, aux=True, anchors=None). ``anchors`` (per level [[w, h], ...]
+    in input pixels) replace the class's own ``ANCHORS`` of an anchor-based net. With ``aux=False`` (or for a class without an
     auxiliary branch) the auxiliary rows are not built at all; row indices never change, so the
     weights of a model with the branch load into one without it by key.
 
@@ -183,10 +184,10 @@ class GraphNet(DetectorBase):
     ANCHORS: ClassVar[list | None] = None
     family = "dfl"
 
-    def __init__(self, num_classes: int, coder=None, aux: bool = True) -> None:
+    def __init__(self, num_classes: int, coder=None, aux: bool = True, anchors: list | None = None) -> None:
         if num_classes < 1:
             raise ValueError(f"{self.name}: num_classes must be >= 1, got {num_classes}")
-        super().__init__(list(self.STRIDES), self.ANCHORS, coder)
+        super().__init__(list(self.STRIDES), anchors or self.ANCHORS, coder)
         self.num_classes = num_classes
         self.has_aux = bool(aux) and self.HAS_AUX_BRANCH and any(layer.aux for layer in self.LAYERS)
         self.model = nn.ModuleDict()
