@@ -4,7 +4,10 @@ The detector is a PyTorch model or an exported one (core.deploy.runtime: .onnx, 
 parameters counted from the file's weights, FLOPs not counted, "checkpoint" size = file size).
 
 What is timed is what a deployment runs on an already letterboxed input: forward, decode and
-``postprocess`` at the predict.* thresholds (image decoding and letterboxing are not). Inputs
+``postprocess`` at the predict.* thresholds and NMS mode (image decoding and letterboxing are not),
+the forward under the training's autocast (``utils.amp``: train.amp, train.amp_dtype; decoding and
+NMS in fp32), as validation runs it; each run records its "precision" (fp32, fp16, bf16, or "file":
+an exported model runs in the dtypes of its file). Inputs
 are seeded uniform noise at data.img_size. Latency is per call at batch 1 after
 eval.bench_warmup untimed calls; throughput is images per second at batch eval.bench_batch.
 On CUDA every timing is synchronised and memory is ``torch.cuda.max_memory_allocated`` over
@@ -23,7 +26,9 @@ import torch
 from loguru import logger
 
 from configs.base_config import ConfigError
+from core.evaluation.evaluator import infer
 from models.postprocess import postprocess
+from utils.amp import precision_name
 from utils.files import write_json_atomic
 
 
@@ -62,40 +67,42 @@ def _peak_rss_mb() -> float:
 @torch.no_grad()
 def measure(model: torch.nn.Module, cfg, device: torch.device) -> dict:
     """Latency (batch 1) and throughput (batch eval.bench_batch) of forward + decode + NMS on ``device``."""
-    e, p, size = cfg.eval, cfg.predict, cfg.data.img_size
+    from utils.model_info import is_runtime_model
+    e, p, t, size = cfg.eval, cfg.predict, cfg.train, cfg.data.img_size
     model = model.to(device).eval()
     gen = torch.Generator().manual_seed(0)
+    precision = "file" if is_runtime_model(model) else precision_name(device, t.amp, t.amp_dtype)
 
-    def infer(x: torch.Tensor) -> None:
-        boxes, scores = model.decode(model(x), (size, size))
-        postprocess(boxes, scores, p.conf_thres, p.nms_iou, p.max_det)
+    def run(x: torch.Tensor) -> None:
+        boxes, scores = infer(model, x, t)
+        postprocess(boxes, scores, p.conf_thres, p.nms_iou, p.max_det, agnostic=p.agnostic_nms)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     x1 = torch.rand(1, 3, size, size, generator=gen).to(device)
     for _ in range(e.bench_warmup):
-        infer(x1)
+        run(x1)
     times = []
     for _ in range(e.bench_iters):
         _sync(device)
         t0 = time.perf_counter()
-        infer(x1)
+        run(x1)
         _sync(device)
         times.append(time.perf_counter() - t0)
     xb = torch.rand(e.bench_batch, 3, size, size, generator=gen).to(device)
-    infer(xb)  # warm-up at the new shape
+    run(xb)  # warm-up at the new shape
     n_batches = max(2, e.bench_iters // 10)
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(n_batches):
-        infer(xb)
+        run(xb)
     _sync(device)
     elapsed = time.perf_counter() - t0
     ms = np.asarray(times) * 1e3
     cuda = device.type == "cuda"
     return {"device": str(device),
             "device_name": _device_name(device),
-            "threads": torch.get_num_threads(), "img_size": size,
+            "threads": torch.get_num_threads(), "img_size": size, "precision": precision,
             "latency_ms": {"mean": float(ms.mean()), "p50": float(np.percentile(ms, 50)),
                            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99)),
                            "min": float(ms.min())},
@@ -156,10 +163,10 @@ def _print(result: dict) -> None:
         t.add_column(col, justify="left" if col == "device" else "right")
     for r in result["runs"]:
         lat = r["latency_ms"]
-        t.add_row(f"{r['device']} ({r['device_name']}, {r['threads']} threads)", f"{lat['mean']:.2f} ms",
+        t.add_row(f"{r['device']} ({r['device_name']}, {r['threads']} threads, {r['precision']})", f"{lat['mean']:.2f} ms",
                   f"{lat['p50']:.2f}", f"{lat['p95']:.2f}", f"{lat['p99']:.2f}",
                   f"{r['throughput_img_s']:.1f} img/s @ {r['throughput_batch']}",
                   f"{r['peak_memory_mb']:.0f} MB ({r['memory_kind']})")
     Console(stderr=True).print(t)
-    logger.info("benchmark: " + "; ".join(f"{r['device']} latency {r['latency_ms']['mean']:.2f} ms, "
+    logger.info("benchmark: " + "; ".join(f"{r['device']} {r['precision']} latency {r['latency_ms']['mean']:.2f} ms, "
                                           f"{r['throughput_img_s']:.1f} img/s" for r in result["runs"]))

@@ -1,7 +1,9 @@
 """One training step, shared by the Trainer and QAT fine-tuning.
 
-forward (under autocast when AMP is on) -> loss (fp32) -> backward, with gradient accumulation to
-the schedule's images per optimizer step; then the optimizer step: unscale, clip, step, EMA update.
+forward (under the autocast of ``train.amp`` / ``train.amp_dtype``, utils/amp.py) -> loss (fp32) ->
+backward, with gradient accumulation to the schedule's images per optimizer step; then the
+optimizer step: unscale, clip, step, EMA update. With ``train.multi_scale`` each batch is resized to
+a side drawn from (seed, step): every rank draws the same side at the same step, without talking.
 A non-finite loss or gradient skips the step on every rank at once (two tiny all-reduces per step,
 so DDP never waits forever): the gradients gathered since the last optimizer step are dropped and
 the model buffers its forward moved (BatchNorm statistics, fake-quant observers) are put back.
@@ -9,14 +11,18 @@ the model buffers its forward moved (BatchNorm statistics, fake-quant observers)
 """
 from __future__ import annotations
 
+import math
+import random
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from loguru import logger
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from datasets.dataset import to_input
+from utils.amp import autocast_for, fp32, needs_grad_scaler
 from utils.dist import any_rank
 
 
@@ -35,13 +41,18 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, criterion, optimizer: torch.optim.Optimizer, scheduler, ema=None, *,
                  device: torch.device, memory_format: torch.memory_format = torch.contiguous_format,
-                 amp: bool = False, grad_clip: float = 0.0, max_bad_steps: int = 10) -> None:
+                 amp: bool = False, amp_dtype: str = "fp16", grad_clip: float = 0.0, max_bad_steps: int = 10,
+                 multi_scale: list | tuple = (), seed: int = 0) -> None:
         self.model = self.ddp_model = model
         self.criterion, self.optimizer, self.scheduler, self.ema = criterion, optimizer, scheduler, ema
         self.device, self.memory_format = device, memory_format
         self.grad_clip, self.max_bad_steps = grad_clip, max_bad_steps
-        self.amp = amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp, self.amp_dtype = amp, amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp, amp_dtype))
+        stride = max(model.strides)
+        # multi_scale [lo, hi] pixels -> the range of sides in strides
+        self.sides = (math.ceil(multi_scale[0] / stride), multi_scale[1] // stride, stride) if multi_scale else None
+        self.seed = seed
         self.step = self.last_opt_step = self.bad_steps = 0
         self._buffers = list(model.buffers())  # restored after a skipped step
         self._snapshot = [b.clone() for b in self._buffers]
@@ -51,16 +62,18 @@ class TrainStep:
         steps_now = flush or self.step + 1 - self.last_opt_step >= accumulate
         images = to_input(images, self.device, self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
+        if self.sides is not None:
+            images, targets = self.rescale(images, targets, self.side_at(self.step))
         for saved, buf in zip(self._snapshot, self._buffers):
             saved.copy_(buf)
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        amp = autocast_for(self.device, self.amp, self.amp_dtype)
         # Accumulated micro-batches skip DDP's gradient all-reduce; the last one syncs them all.
         accumulating = isinstance(self.ddp_model, DDP) and not steps_now
         with self.ddp_model.no_sync() if accumulating else nullcontext():
             with amp:  # autocast around the forward only; assignment and loss run in fp32
                 raw = self.ddp_model(images)
             priors = self.model.priors(tuple(images.shape[2:]), self.device)
-            loss, parts = self.criterion(raw, targets, priors)  # raw: [B, P, D] or (main, aux)
+            loss, parts = self.criterion(fp32(raw), targets, priors)  # raw: [B, P, D] or (main, aux)
             self.step += 1
             local_bad = not bool(torch.isfinite(loss))
             bad, = any_rank(local_bad, device=self.device)
@@ -74,6 +87,22 @@ class TrainStep:
         self.bad_steps = 0
         self.scheduler.step()
         return out
+
+    def side_at(self, step: int) -> int:
+        """The input side of ``step`` under multi-scale: a multiple of the largest stride drawn from
+        (seed, step) alone, so every rank (and a resumed run) draws the same."""
+        lo, hi, stride = self.sides
+        return stride * random.Random(self.seed * 1_000_003 + step).randint(lo, hi)
+
+    def rescale(self, images: Tensor, targets: Tensor, side: int) -> tuple[Tensor, Tensor]:
+        """images [B, 3, H, W] -> [B, 3, side, side] (bilinear), targets [N, 6] boxes scaled with them."""
+        h, w = images.shape[2:]
+        if (h, w) == (side, side):
+            return images, targets
+        images = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        targets = targets.clone()
+        targets[:, 2:6] *= targets.new_tensor([side / w, side / h, side / w, side / h])
+        return images.contiguous(memory_format=self.memory_format), targets
 
     def _optimizer_step(self) -> bool:
         """Unscale, check and clip the gradients, step, update the EMA. False (nothing changed) when

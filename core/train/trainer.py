@@ -23,6 +23,7 @@ from tqdm import tqdm
 from core.checks import validate
 from core.evaluation.evaluator import Evaluator
 from core.loaders import build_eval_loader, build_train_loader
+from core.train.anchors import resolve_anchors
 from core.train.control import RunControl
 from core.train.freezing import FreezeSchedule
 from core.train.selection import Selection
@@ -35,8 +36,9 @@ from utils.dist import DistInfo, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
 from utils.logging import TBWriter, WandbWriter, check_wandb, epoch_summary, flatten_scalars, memory_scalars
 from utils.memory import release_free_memory
-from utils.model_info import model_summary
+from utils.model_info import count_params, gflops, model_summary
 from utils.optim import accumulation_steps, build_optimizer
+from utils.run_info import RunRecord, end_status, failure_status, flatten_config, hparam_metrics
 from utils.scheduler import build_scheduler
 
 
@@ -63,13 +65,15 @@ class Trainer:
         validate(cfg)  # again: the class names found in the data are part of the config now
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
         self.val_loader = build_eval_loader(cfg, dist, "val")
+        resolve_anchors(cfg, self.train_loader.dataset.records)  # "auto": deterministic, a resume refits the same
         self.model = build_model(cfg)
         if t.init_weights and not resume:
             transfer_weights(self.model, t.init_weights, cfg.model.name)
         memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
         if dist.is_main:
-            logger.info(model_summary(self.model, cfg.data.img_size))
+            self.model_size = {"parameters": count_params(self.model), "gflops": gflops(self.model, cfg.data.img_size)}
+            logger.info(model_summary(self.model, cfg.data.img_size, self.model_size["gflops"]))
         optimizer = build_optimizer(cfg.optim, self.model, t.batch_size)
         self.iters_per_epoch = len(self.train_loader)
         scheduler = build_scheduler(cfg.sched, optimizer, self.iters_per_epoch, t.epochs,
@@ -77,7 +81,8 @@ class Trainer:
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema else None
         self.stepper = TrainStep(self.model, build_loss(cfg, self.model), optimizer, scheduler, self.ema,
                                  device=self.device, memory_format=memory_format, amp=t.amp,
-                                 grad_clip=cfg.optim.grad_clip, max_bad_steps=t.max_bad_steps)
+                                 amp_dtype=t.amp_dtype, grad_clip=cfg.optim.grad_clip,
+                                 max_bad_steps=t.max_bad_steps, multi_scale=t.multi_scale, seed=t.seed)
         self.freeze = FreezeSchedule(self.model, t.freeze, t.freeze_epochs)
         self.selection = Selection(self.run_dir, t.monitor, t.patience, t.min_delta, t.save_top_k)
         self.evaluator = Evaluator(cfg, self.val_loader.dataset.records, dist)
@@ -95,6 +100,10 @@ class Trainer:
             remove_stale_tmp(self.run_dir)
         if resume:
             self.resume(resume)
+        self.record = RunRecord(self.run_dir if dist.is_main else None)  # run_info.json, epochs.jsonl
+        if dist.is_main:
+            self.record.start(epochs_planned=t.epochs, epochs_done=self.epoch, world_size=dist.world_size,
+                              resumed_from=resume, **self.model_size)
 
     # The step's state, under the names the loop and its tests read.
     optimizer = property(lambda self: self.stepper.optimizer)
@@ -107,7 +116,18 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> dict:
-        """Train until cfg.train.epochs, early stopping or a stop request (or stop_after_epoch, for tests)."""
+        """Train until cfg.train.epochs, early stopping or a stop request (or stop_after_epoch, for tests).
+        run_info.json then says how the run ended (utils/run_info.py)."""
+        try:
+            metrics = self._fit(stop_after_epoch)
+        except BaseException as e:
+            self.record.finish(*failure_status(e))
+            raise
+        self.record.finish(*end_status(self.epoch, self.cfg.train.epochs, self.stop_signal, self.interrupted,
+                                       self.selection.stop_reason))
+        return metrics
+
+    def _fit(self, stop_after_epoch: int | None) -> dict:
         cfg, sel = self.cfg, self.selection
         if self.epoch >= cfg.train.epochs:
             logger.warning(f"this run already trained {self.epoch} of {cfg.train.epochs} epochs; "
@@ -137,6 +157,9 @@ class Trainer:
                 self.last_metrics = self.validate()
                 verdict = sel.update(self.epoch, self.last_metrics.get(cfg.train.monitor, float("nan")), last)
             saved = self.save(verdict)
+            self.record.epoch(epoch=self.epoch, losses=losses, lr=self.optimizer.param_groups[0]["lr"],
+                              seconds=time.time() - t0, images_total=self.train_images * self.dist.world_size,
+                              train_seconds_total=self.train_seconds, metrics=self.last_metrics if verdict else None)
             release_free_memory()  # cycles left by validation; freed heap back to the OS
             self.tb.add_scalars({f"epoch/{k}": v for k, v in losses.items()} | memory_scalars(self.device), self.epoch)
             best = (verdict.best_before, verdict.best_epoch_before) if verdict else (sel.best, sel.best_epoch)
@@ -153,6 +176,9 @@ class Trainer:
                 break
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
+        # The settings with the results, for TensorBoard's HParams tab (rank 0's writer; others no-op).
+        self.tb.add_hparams(flatten_config(cfg.to_dict()), hparam_metrics(
+            cfg.train.monitor, sel.best, sel.best_epoch, self.last_metrics, self.epoch), self.epoch)
         self.tb.close()
         return self.last_metrics
 
