@@ -57,7 +57,7 @@ def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
 
 
 def score(cfg: BaseConfig, model) -> float:
-    loader = build_eval_loader(cfg, CPU, "val", max_images=cfg.eval.max_images)
+    loader = build_eval_loader(cfg, CPU, "val", max_images=cfg.eval.max_images, rect=False)  # every runtime on squares
     return float(Evaluator(cfg, loader.dataset.records, CPU).run(model, loader)["mAP"])
 
 

@@ -35,9 +35,19 @@ def build_train_loader(cfg: BaseConfig, dist: DistInfo) -> tuple[DataLoader, Sam
 
 
 def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augment: bool = False,
-                      max_images: int = 0) -> DataLoader:
+                      max_images: int = 0, rect: bool | None = None) -> DataLoader:
     """Loader over a split in order, letterboxed (or augmented, for debug plots), each rank its
     share; ``max_images`` > 0 keeps the first N images. ``loader.dataset.records`` are the images
-    it covers, ``loader.dataset.split_size`` the size of the split."""
+    it covers, ``loader.dataset.split_size`` the size of the split.
+
+    rect: batches of similar aspect ratio, each padded only to the next multiple of the largest
+    stride (``datasets.samplers.rect_batches``), each rank taking whole batches; None = eval.rect
+    for the val split without augmentation (the loaders that score), square otherwise.
+    """
+    if rect is None:
+        rect = cfg.eval.rect and split == "val" and not augment
+    if rect and augment:
+        raise ConfigError("rectangular batches (eval.rect) take letterboxed images, not augmented ones")
     ds = build_dataset(cfg, split, train=augment, augment=augment, max_images=max_images)
-    return build_dataloader(ds, cfg.eval.batch_size, train=False, **loader_kwargs(cfg, dist))[0]
+    return build_dataloader(ds, cfg.eval.batch_size, train=False, rect_stride=max(cfg.model.strides) if rect else 0,
+                            **loader_kwargs(cfg, dist))[0]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 import os
 import random
 import signal
@@ -28,14 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from loguru import logger
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    Sampler,
-    SequentialSampler,
-    get_worker_info,
-)
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, get_worker_info
 
 from datasets.augment import TrainAugment
 from datasets.image_cache import ImageCache
@@ -43,6 +35,7 @@ from datasets.image_io import ImageError
 from datasets.limits import warn_small_shm, workers_within_file_limit
 from datasets.loaders import ImageLoader, PilLoader
 from datasets.records import Record, RecordTable
+from datasets.samplers import RectBatchSampler, SeededRandomSampler, ShardSampler, rect_batches
 from datasets.transforms import (
     boxes_to_letterbox,
     letterbox,
@@ -52,7 +45,6 @@ from datasets.transforms import (
 from utils.memory import release_free_memory, trim_heap
 
 _MAX_REPLACEMENTS = 10  # train: how many other images to try when one fails to decode
-_SAMPLER_CHUNK = 4096  # indices turned into Python ints at a time
 _Item = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (index used, image HWC, boxes [n, 4], labels [n])
 
 
@@ -83,6 +75,23 @@ class DetectionDataset(Dataset):
         self.augment = TrainAugment(aug_cfg, img_size) if train and aug_cfg is not None else None
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._closed_announced = False
+        self.canvas_hw: np.ndarray | None = None  # [N, 2] (h, w) letterbox canvas per index; None = square
+
+    def plan_rect(self, batch_size: int, stride: int) -> list[np.ndarray]:
+        """Rectangular evaluation: group the images into batches of similar aspect ratio
+        (``datasets.samplers.rect_batches``); from now on each item is letterboxed to its batch's
+        canvas. Returns the batches ([b] dataset indices each), for a RectBatchSampler."""
+        if self.train:
+            raise ValueError("rectangular batches are for evaluation only (the training batches are augmented squares)")
+        batches, canvas = rect_batches(self.records.img_hw, batch_size, self.img_size, stride)
+        self.canvas_hw = np.zeros((len(self), 2), np.int64)
+        for b, hw in zip(batches, canvas):
+            self.canvas_hw[b] = hw
+        return batches
+
+    def canvas(self, index: int) -> tuple[int, int] | None:
+        """(h, w) of the letterbox canvas of ``index`` (None = the img_size square)."""
+        return None if self.canvas_hw is None else (int(self.canvas_hw[index, 0]), int(self.canvas_hw[index, 1]))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -147,8 +156,8 @@ class DetectionDataset(Dataset):
     # -- items --------------------------------------------------------------------------
     def _letterboxed(self, index: int, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Letterbox ``img`` (original or cached size) with the targets of record ``index``."""
-        out, _, _ = letterbox(img, self.img_size)
-        scale, pad = letterbox_params(self.records[index].img_hw, self.img_size)
+        out, _, _ = letterbox(img, self.img_size, self.canvas(index))
+        scale, pad = letterbox_params(self.records[index].img_hw, self.img_size, self.canvas(index))
         boxes, labels = self._targets(index)
         return out, boxes_to_letterbox(boxes, scale, pad), labels
 
@@ -166,7 +175,8 @@ class DetectionDataset(Dataset):
         return self.augment(index, len(self), self._load_resized, rng, self.multi_image())
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(image uint8 [3, S, S], target float32 [n, 5] (cls, x1, y1, x2, y2) input pixels, meta).
+        """(image uint8 [3, S, S] (with ``plan_rect``: [3, h, w] of the batch's canvas), target float32
+        [n, 5] (cls, x1, y1, x2, y2) input pixels, meta).
 
         meta: image_id, file, orig_hw (h, w), scale and pad (pad_x, pad_y) of the letterbox; in
         train mode they are the letterbox eval would use, not the random augmentation's.
@@ -177,7 +187,7 @@ class DetectionDataset(Dataset):
         else:
             index, img, boxes, labels = self._eval_item(index)
         rec = self.records[index]
-        scale, pad = letterbox_params(rec.img_hw, self.img_size)
+        scale, pad = letterbox_params(rec.img_hw, self.img_size, self.canvas(index))
         target = np.concatenate([labels.reshape(-1, 1).astype(np.float32),
                                  boxes.reshape(-1, 4).astype(np.float32)], axis=1)
         image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -218,63 +228,6 @@ def to_input(images: torch.Tensor, device: torch.device | str,
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
     return images.contiguous(memory_format=memory_format)
-
-
-class SeededRandomSampler(Sampler[int]):
-    """Shuffles with ``torch.Generator().manual_seed(seed + epoch)``: a resumed run gets the same
-    order for the same epoch. Call ``set_epoch`` each epoch, like DistributedSampler.
-
-    ``set_start(k)`` skips the first k indices of the current epoch's order (a run resumed
-    mid-epoch continues without loading the samples it already trained on); ``set_epoch``
-    clears it.
-    """
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.start = epoch, 0
-
-    def set_start(self, start: int) -> None:
-        if not 0 <= start <= self.n:
-            raise ValueError(f"sampler start {start} is outside 0..{self.n}")
-        self.start = start
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g)[self.start:]
-        # a COCO epoch is 118k indices: as one list of Python ints they would hold 4 MB of objects
-        # in the training process all epoch; chunks of the tensor cost its 8 bytes per index
-        return itertools.chain.from_iterable(chunk.tolist() for chunk in order.split(_SAMPLER_CHUNK))
-
-    def __len__(self) -> int:
-        return self.n - self.start
-
-
-class ShardSampler(DistributedSampler):
-    """torch's DistributedSampler (this rank's share of a seeded shuffle, padded to equal shares)
-    that can start mid-epoch: ``set_start(k)`` skips the first k indices of this rank's share, so a
-    run resumed inside an epoch does not load the samples it already trained on; ``set_epoch``
-    clears it."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.start = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        if not 0 <= start <= self.num_samples:
-            raise ValueError(f"sampler start {start} is outside 0..{self.num_samples}")
-        self.start = start
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 def _stop_on_parent_sigterm_only() -> None:
@@ -356,9 +309,22 @@ def _worker_init(worker_id: int, seed: int, rank: int) -> None:
     random.seed(s)
 
 
+def _sampler(dataset: Dataset, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
+             rect_stride: int) -> Sampler:
+    """The index sampler, or with ``rect_stride`` the batch sampler of rectangular evaluation."""
+    if rect_stride > 0:
+        if train:
+            raise ValueError("rect_stride > 0 (rectangular batches) is for evaluation loaders only")
+        return RectBatchSampler(dataset.plan_rect(batch_size, rect_stride), rank, world_size)
+    if world_size > 1:
+        return ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False)
+    return SeededRandomSampler(len(dataset), seed) if train else SequentialSampler(dataset)
+
+
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, rank: int = 0,
                      world_size: int = 1, seed: int = 0, pin_memory: bool = False, prefetch_factor: int = 2,
-                     persistent_workers: bool = True, timeout_s: float = 0.0) -> tuple[DataLoader, Sampler]:
+                     persistent_workers: bool = True, timeout_s: float = 0.0,
+                     rect_stride: int = 0) -> tuple[DataLoader, Sampler]:
     """DataLoader and its sampler (call ``sampler.set_epoch(e)`` on train samplers each epoch).
 
     Args:
@@ -367,17 +333,13 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
         num_workers: lowered, with a warning, when the open-file limit cannot hold them.
         prefetch_factor, persistent_workers: as in DataLoader (used only with workers).
         timeout_s: with workers, seconds to wait for a batch before LoaderStallError (0 = forever).
+        rect_stride: > 0 (evaluation only): batches of similar aspect ratio, each letterboxed to one
+            canvas padded to multiples of this stride (``DetectionDataset.plan_rect``); the sampler
+            is then a RectBatchSampler giving each rank whole batches, none repeated.
     Train loaders shuffle with a seeded generator and drop the last partial batch when the
     (per-rank) dataset is larger than one batch.
     """
-    if world_size > 1:
-        sampler: Sampler = ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
-                                        drop_last=False)
-    elif train:
-        sampler = SeededRandomSampler(len(dataset), seed)
-    else:
-        sampler = SequentialSampler(dataset)
-    drop_last = bool(train and len(sampler) > batch_size)
+    sampler = _sampler(dataset, batch_size, train, rank, world_size, seed, rect_stride)
     num_workers = workers_within_file_limit(num_workers, prefetch_factor)
     if num_workers > 0:
         # Workers are forked: an OpenCV thread pool already running in this process would be
@@ -387,9 +349,13 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
         cv2.setNumThreads(0)
         size = getattr(dataset, "img_size", 0)
         warn_small_shm(4 * 3 * size * size * batch_size, num_workers, prefetch_factor)
+    if isinstance(sampler, RectBatchSampler):  # the batches are fixed: DataLoader takes them whole
+        batching = {"batch_sampler": sampler}
+    else:
+        batching = {"batch_size": batch_size, "sampler": sampler,
+                    "drop_last": bool(train and len(sampler) > batch_size)}
     loader = DetectionLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn, pin_memory=pin_memory, drop_last=drop_last,
+        dataset, **batching, num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         timeout=timeout_s if num_workers > 0 else 0,

@@ -21,24 +21,27 @@ import numpy as np
 PAD_VALUE = 114  # grey used for letterbox and augmentation borders
 
 
-def letterbox(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Resize keeping the aspect ratio (long side -> img_size) and pad to a centred square.
+def letterbox(image: np.ndarray, img_size: int,
+              canvas_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping the aspect ratio (long side -> img_size) and pad, centred, to the canvas.
 
     Args:
         image: [H, W, 3] uint8.
-        img_size: output side, pixels.
+        img_size: long side after the resize, pixels.
+        canvas_hw: (h, w) of the output, each >= the resized side; None = img_size x img_size (the
+            square letterbox). Rectangular evaluation passes its batch's canvas
+            (``datasets.samplers.rect_batches``).
     Returns:
-        (out [img_size, img_size, 3] uint8, scale, (pad_x, pad_y)) with
+        (out [h, w, 3] uint8, scale, (pad_x, pad_y)) with
         ``letterbox_xy = original_xy * scale + pad``. Pads are whole pixels.
     """
-    h, w = image.shape[:2]
-    scale = img_size / max(h, w)
+    scale, (left, top) = letterbox_params(image.shape[:2], img_size, canvas_hw)
+    ch, cw = canvas_hw if canvas_hw is not None else (img_size, img_size)
     image = resize_long_side(image, img_size)
     nh, nw = image.shape[:2]
-    left, top = (img_size - nw) // 2, (img_size - nh) // 2
-    out = np.full((img_size, img_size, 3), PAD_VALUE, dtype=np.uint8)
-    out[top:top + nh, left:left + nw] = image
-    return out, scale, (float(left), float(top))
+    out = np.full((ch, cw, 3), PAD_VALUE, dtype=np.uint8)
+    out[int(top):int(top) + nh, int(left):int(left) + nw] = image
+    return out, scale, (left, top)
 
 
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -52,12 +55,23 @@ def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
-def letterbox_params(img_hw: tuple[int, int], img_size: int) -> tuple[float, tuple[float, float]]:
-    """(scale, (pad_x, pad_y)) that ``letterbox`` uses for an image of ``img_hw`` = (h, w)."""
+def resized_hw(img_hw: tuple[int, int], img_size: int) -> tuple[int, int]:
+    """(h, w) of an ``img_hw`` image after ``resize_long_side(.., img_size)``, pixels."""
     h, w = img_hw
     scale = img_size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    return scale, (float((img_size - nw) // 2), float((img_size - nh) // 2))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def letterbox_params(img_hw: tuple[int, int], img_size: int,
+                     canvas_hw: tuple[int, int] | None = None) -> tuple[float, tuple[float, float]]:
+    """(scale, (pad_x, pad_y)) that ``letterbox`` uses for an image of ``img_hw`` = (h, w) on a
+    canvas of ``canvas_hw`` (None = img_size x img_size)."""
+    h, w = img_hw
+    ch, cw = canvas_hw if canvas_hw is not None else (img_size, img_size)
+    nh, nw = resized_hw(img_hw, img_size)
+    if nh > ch or nw > cw:
+        raise ValueError(f"letterbox: an image of {h}x{w} resized to {nh}x{nw} does not fit a {ch}x{cw} canvas")
+    return img_size / max(h, w), (float((cw - nw) // 2), float((ch - nh) // 2))
 
 
 def boxes_to_letterbox(boxes: np.ndarray, scale: float, pad: tuple[float, float]) -> np.ndarray:

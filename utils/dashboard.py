@@ -83,7 +83,23 @@ def _summary(metrics: dict, epoch: int | None, total_epochs: int | None, best_be
     foot = f"{scope} | {metrics.get('backend', '?')}"
     if seconds is not None:
         foot += f" | metrics in {seconds:.2f} s"
-    return Panel(Group(Text.assemble(*parts), Text(foot, style="dim")), title="evaluation", expand=True)
+    lines = [Text.assemble(*parts), Text(foot, style="dim")]
+    if "max_det" in metrics:
+        lines.append(max_det_line(metrics["max_det"]))
+    return Panel(Group(*lines), title="evaluation", expand=True)
+
+
+def max_det_line(report: dict) -> Text:
+    """One sentence on the max_det cap (``utils.metrics.max_det_report``), yellow when it cut detections."""
+    n, total, cap = report["images_over"], report["num_images"], report["max_det"]
+    if not n:
+        return Text(f"max_det {cap} not reached in any of {total} images (no detections dropped)", style="dim")
+    if report["exact"]:
+        what = f"{report['dropped']} detections beyond it dropped"
+    else:  # only the kept counts are known: an image holding exactly max_det may have lost some
+        what = "detections beyond it may have been dropped"
+    return Text(f"max_det {cap} reached in {n} of {total} images ({what}; raise eval.max_det to keep them)",
+                style="yellow")
 
 
 def _table(title: str, *columns: tuple[str, str]) -> Table:
@@ -168,7 +184,11 @@ def _health(metrics: dict) -> Table:
                         ("on ignore regions", op["ignored"])):
         t.add_row(name, str(value))
     t.add_row("images without dets", _warn(op["images_without_dets"], n))
-    t.add_row("images at max_det", _warn(op["images_at_max_det"], n))
+    cap = metrics.get("max_det")
+    if cap is not None and cap["exact"]:  # the images that lost detections to the cap
+        t.add_row(f"images over max_det {cap['max_det']}", _warn(cap["images_over"], n))
+    else:
+        t.add_row("images at max_det", _warn(op["images_at_max_det"], n))
     no_gt = [r["name"] for r in metrics["per_class"] if r["num_gt"] == 0]
     t.add_row("classes without GT", Text(", ".join(no_gt) or "none", style="yellow" if no_gt else ""))
     for w in op["worst_images"][:3]:

@@ -331,6 +331,27 @@ def _kept_stats(dets: Sequence[dict], matches: list[ImageMatch], conf: float, ma
             if max_det else 0}
 
 
+def max_det_report(num_dets: Sequence[int], max_det: int, num_nms: Sequence[int] | None = None) -> dict:
+    """How many images the post-processing cap ``max_det`` cut.
+
+    num_dets: [N] detections kept per image; num_nms: [N] boxes NMS kept before the cap
+    (``models.postprocess``'s "num_nms"), or None when unknown: an image holding max_det detections
+    then counts, as it may have lost some. Returns {"max_det", "num_images", "images_over" (images
+    that had more than max_det boxes after NMS), "dropped" (detections the cap removed; -1 when
+    unknown), "exact" (num_nms was given)}.
+    """
+    kept = np.asarray(num_dets, np.int64).reshape(-1)
+    if num_nms is None:
+        over, dropped = int((kept >= max_det).sum()), -1
+    else:
+        nms = np.asarray(num_nms, np.int64).reshape(-1)
+        if len(nms) != len(kept):
+            raise ValueError(f"max_det_report: {len(nms)} NMS counts for {len(kept)} images")
+        over, dropped = int((nms > max_det).sum()), int((nms - np.minimum(nms, max_det)).sum())
+    return {"max_det": int(max_det), "num_images": len(kept), "images_over": over, "dropped": dropped,
+            "exact": num_nms is not None}
+
+
 def top_confusions(matrix: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[dict]:
     """The k largest off-diagonal class pairs (background excluded), with their share of the true
     class's GT."""

@@ -9,6 +9,12 @@ confusion matrix and threshold sweep), predictions.json and ground_truth.json (C
 with the dataset's own category ids ``data.category_ids``), history.json (one line of scalars
 per epoch, for the trends), dashboard.txt, and the PNGs under plots/ (plots/epochNNN/ during
 training).
+
+Rectangular evaluation (``eval.rect``, ``core.loaders.build_eval_loader``): the loader's batches
+have one canvas each, not the square; the boxes go back to original pixels through each item's
+meta (scale, pad) either way. The forward runs under the training's autocast (``utils.amp``);
+decoding, NMS and scoring run in fp32. ``metrics["max_det"]`` says how many images had more boxes
+after NMS than eval.max_det (the rest were dropped).
 """
 from __future__ import annotations
 
@@ -17,34 +23,40 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
+from torch import Tensor
 from tqdm import tqdm
 
+from configs.base_config import ConfigError
 from datasets.dataset import to_input
 from datasets.records import RecordTable
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
+from utils.amp import autocast_for, fp32
 from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_results_json
 from utils.coco_results import CocoResults
 from utils.detections import Detections
 from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
 from utils.files import write_json_atomic
-from utils.metrics import operative_metrics
-from utils.model_info import model_device
+from utils.metrics import max_det_report, operative_metrics
+from utils.model_info import is_runtime_model, model_device
 
 
 def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], class_names: list[str], eval_cfg,
-                    backend: str | None = None,
-                    cat_ids: list[int] | None = None) -> tuple[dict, dict, CocoResults]:
+                    backend: str | None = None, cat_ids: list[int] | None = None,
+                    num_nms: Mapping[int, int] | None = None) -> tuple[dict, dict, CocoResults]:
     """The whole metric computation of one validation, from predictions to numbers.
 
     gt: ``records_to_coco_gt(records, class_names, cat_ids)``; records: a RecordTable (or a list
     of Records); dets: Detections, or {image_id: {"boxes" [k, 4] xyxy original pixels, "scores"
     [k], "labels" [k]}}, covering every record. backend: overrides eval_cfg.backend. cat_ids:
-    COCO category id of each label, as in ``gt`` (default 1..nc).
+    COCO category id of each label, as in ``gt`` (default 1..nc). num_nms: {image_id: boxes NMS
+    kept before the max_det cap} (``models.postprocess``), None when unknown.
     Returns (metrics, curves, coco_results): metrics = COCO numbers (utils.coco_eval) plus
-    "operative" (utils.metrics report); curves for the plots; the COCO results as arrays.
+    "operative" (utils.metrics report) and "max_det" (``utils.metrics.max_det_report``); curves for
+    the plots; the COCO results as arrays.
     """
     ids = _image_ids(records)
     cat_ids = list(cat_ids) if cat_ids is not None else list(range(1, len(class_names) + 1))
@@ -56,6 +68,9 @@ def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], cl
                                        match_iou=eval_cfg.match_iou, sweep_confs=eval_cfg.sweep_confs,
                                        max_det=eval_cfg.max_det)
     metrics["operative"] = report
+    counts = [num_nms.get(i) for i in ids] if num_nms is not None else None
+    metrics["max_det"] = max_det_report(np.diff(dets.offsets), eval_cfg.max_det,
+                                        None if counts is None or None in counts else counts)
     return metrics, curves, results
 
 
@@ -85,13 +100,15 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, loader) -> dict[int, dict]:
-        """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K]}} for this rank.
+        """{image_id: {"boxes" [K,4] original pixels, "scores" [K], "labels" [K], "num_nms" int}} for
+        this rank ("num_nms": boxes NMS kept before the eval.max_det cap).
 
         ``model``: a PyTorch detector or a runtime model of core.deploy.runtime (same images, decode, NMS).
 
         Only the evaluator's records are predicted. The loader may cover more images (its first
         ones being the records, as with eval.max_images): an eval loader yields image ids in
-        increasing order on each rank, so the loop stops at the first batch past the last record.
+        increasing order on each rank, so the loop stops at the first batch past the last record
+        (rectangular batches come in aspect-ratio order: there the loop reads them all).
         """
         net = unwrap(model)  # a runtime model (core.deploy.runtime: .onnx, .tflite) is its own net
         was_training = getattr(net, "training", False)
@@ -99,14 +116,15 @@ class Evaluator:
         e, out = self.cfg.eval, {}
         wanted = set(self.records.image_ids.tolist())
         last = max(wanted, default=0)
+        ordered = getattr(getattr(loader, "dataset", None), "canvas_hw", None) is None
         device = model_device(net)
         for images, _, metas in tqdm(loader, desc="val", disable=not self.dist.is_main, leave=False):
             ids = [int(m["image_id"]) for m in metas]
-            if min(ids) > last:
+            if ordered and min(ids) > last:
                 break
-            images = to_input(images, device)
-            boxes, scores = net.decode(net(images), tuple(images.shape[2:]))
-            dets = postprocess(boxes, scores, e.conf_thres, e.nms_iou, e.max_det, e.pre_nms_topk)
+            boxes, scores = infer(net, to_input(images, device), self.cfg.train)
+            dets = postprocess(boxes, scores, e.conf_thres, e.nms_iou, e.max_det, e.pre_nms_topk,
+                               agnostic=e.agnostic_nms)
             for det, meta, i in zip(dets, metas, ids):
                 if i in wanted:
                     out[i] = _to_original(det, meta)
@@ -116,27 +134,33 @@ class Evaluator:
     def run(self, model: torch.nn.Module, loader, out_dir: Path | None = None,
             epoch: int | None = None) -> dict:
         """Predict, gather to rank 0, score there (files into out_dir), broadcast the metrics."""
-        parts = gather_object(Detections.from_dict(self.predict(model, loader)))
+        preds = self.predict(model, loader)
+        counts = {i: int(d["num_nms"]) for i, d in preds.items() if "num_nms" in d}
+        parts = gather_object((Detections.from_dict(preds), counts))
         metrics = None
         if self.dist.is_main:  # duplicates from sampler padding collapse onto one image id
-            metrics = self.score(Detections.concat(parts), out_dir, epoch)
+            num_nms = {i: n for _, c in parts for i, n in c.items()}
+            metrics = self.score(Detections.concat([d for d, _ in parts]), out_dir, epoch, num_nms=num_nms)
         return broadcast_object(metrics)
 
     def score(self, dets: Detections | Mapping[int, dict], out_dir: Path | None = None,
-              epoch: int | None = None) -> dict:
-        """All metrics of ``dets`` (Detections, or {image_id: {"boxes", "scores", "labels"}});
-        writes JSON and plots into out_dir when given."""
+              epoch: int | None = None, num_nms: Mapping[int, int] | None = None) -> dict:
+        """All metrics of ``dets`` (Detections, or {image_id: {"boxes", "scores", "labels"}, optionally
+        "num_nms"}); num_nms: {image_id: boxes NMS kept before the max_det cap} (default: the dicts'
+        "num_nms"). Writes JSON and plots into out_dir when given."""
         t0 = time.perf_counter()
         if self._gt is None:
             self._gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
         if not isinstance(dets, Detections):
+            if num_nms is None and all("num_nms" in d for d in dets.values()):
+                num_nms = {i: int(d["num_nms"]) for i, d in dets.items()}
             dets = Detections.from_dict(dets)
         missing = set(self.records.image_ids.tolist()) - set(dets.image_ids.tolist())
         if missing:
             raise RuntimeError(f"no predictions were produced for {len(missing)} val images "
                                f"(e.g. image ids {sorted(missing)[:5]})")
         metrics, curves, results = compute_metrics(self._gt, self.records, dets, self.class_names,
-                                                   self.cfg.eval, cat_ids=self.cat_ids)
+                                                   self.cfg.eval, cat_ids=self.cat_ids, num_nms=num_nms)
         metrics["num_images_total"] = self.num_images_total
         self.seconds = time.perf_counter() - t0  # kept out of the metrics: they stay reproducible
         self._log(metrics)
@@ -205,7 +229,38 @@ class Evaluator:
             plot_metric_curves(curves, self.class_names, plot_dir, title=title)
 
 
+def infer(net, images: Tensor, train_cfg) -> tuple[Tensor, Tensor]:
+    """(boxes [B, P, 4] xyxy input pixels, scores [B, P, nc]) in fp32 of images [B, 3, H, W] float 0..1.
+
+    A PyTorch net runs its forward under the training's autocast (``utils.amp.autocast_for`` of
+    train.amp, train.amp_dtype) and decodes in fp32; a runtime model (.onnx, .tflite) runs as
+    exported, and only at the one input size it was exported for (a clear error otherwise).
+    """
+    hw = tuple(images.shape[2:])
+    if is_runtime_model(net):
+        if hw != tuple(net.img_hw):
+            raise ConfigError(f"{net.path} was exported for fixed {net.img_hw[0]}x{net.img_hw[1]} inputs and cannot "
+                              f"run a {hw[0]}x{hw[1]} batch; score it with eval.rect=False (square letterbox)")
+        return net.decode(net(images), hw)
+    with autocast_for(images.device, train_cfg.amp, train_cfg.amp_dtype):
+        raw = net(images)
+    return net.decode(fp32(raw), hw)
+
+
+def rect_for(cfg, model) -> bool:
+    """eval.rect for ``model``. An exported model (.onnx, .tflite) takes one fixed input size, so it
+    is scored on the square letterbox instead, with a warning: the config stored in an export may
+    carry eval.rect=True from training, and the square numbers are still the model's own."""
+    if cfg.eval.rect and is_runtime_model(model):
+        h, w = model.img_hw
+        logger.warning(f"eval.rect=True, but {model.path} was exported for fixed {h}x{w} inputs: scoring it on "
+                       f"the square letterbox (eval.rect=False)")
+        return False
+    return bool(cfg.eval.rect)
+
+
 def _to_original(det: dict, meta: dict) -> dict:
-    """Letterboxed input pixels -> original-image pixels, as numpy arrays."""
+    """Letterboxed input pixels -> original-image pixels, as numpy arrays (plus the NMS count)."""
     boxes = boxes_from_letterbox(det["boxes"].cpu().numpy(), meta["scale"], meta["pad"], meta["orig_hw"])
-    return {"boxes": boxes, "scores": det["scores"].cpu().numpy(), "labels": det["labels"].cpu().numpy()}
+    return {"boxes": boxes, "scores": det["scores"].cpu().numpy(), "labels": det["labels"].cpu().numpy(),
+            "num_nms": int(det["num_nms"])}

@@ -11,8 +11,8 @@ from loguru import logger
 from PIL import Image, ImageDraw
 
 from core.loaders import build_eval_loader
-from core.weights import load_weights
 from core.train.anchors import resolve_anchors
+from core.weights import load_weights
 from datasets import build_records, resolve_class_names
 from datasets.dataset import to_input
 from models import assign_method, build_assigner_for, build_model
@@ -28,7 +28,7 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     resolve_class_names(cfg)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     cfg.eval.batch_size = cfg.debug.batch_size
-    loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment)
+    loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment, rect=False)  # plots in file order
     if not ckpt:  # a checkpoint's config holds the anchors it was trained with
         resolve_anchors(cfg, build_records(cfg, "train")[0])
     model = load_weights(cfg, ckpt, dist.device) if ckpt else build_model(cfg).eval()

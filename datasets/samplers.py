@@ -1,0 +1,122 @@
+"""Which dataset indices a rank reads, in which order and batches.
+
+- ``SeededRandomSampler``: one process's training order (a seeded shuffle that can start mid-epoch).
+- ``ShardSampler``: a rank's share under DDP (torch's DistributedSampler that can start mid-epoch).
+- ``rect_batches`` + ``RectBatchSampler``: rectangular evaluation (``eval.rect``): the images sorted
+  by aspect ratio into batches, each letterboxed to one canvas padded only up to the next multiple
+  of the stride; under DDP each rank takes whole batches.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler, Sampler
+
+from datasets.transforms import resized_hw
+
+_SAMPLER_CHUNK = 4096  # indices turned into Python ints at a time
+
+
+class SeededRandomSampler(Sampler[int]):
+    """Shuffles with ``torch.Generator().manual_seed(seed + epoch)``: a resumed run gets the same
+    order for the same epoch. Call ``set_epoch`` each epoch, like DistributedSampler.
+
+    ``set_start(k)`` skips the first k indices of the current epoch's order (a run resumed
+    mid-epoch continues without loading the samples it already trained on); ``set_epoch``
+    clears it.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.start = epoch, 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.n:
+            raise ValueError(f"sampler start {start} is outside 0..{self.n}")
+        self.start = start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g)[self.start:]
+        # a COCO epoch is 118k indices: as one list of Python ints they would hold 4 MB of objects
+        # in the training process all epoch; chunks of the tensor cost its 8 bytes per index
+        return itertools.chain.from_iterable(chunk.tolist() for chunk in order.split(_SAMPLER_CHUNK))
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+class ShardSampler(DistributedSampler):
+    """torch's DistributedSampler (this rank's share of a seeded shuffle, padded to equal shares)
+    that can start mid-epoch: ``set_start(k)`` skips the first k indices of this rank's share, so a
+    run resumed inside an epoch does not load the samples it already trained on; ``set_epoch``
+    clears it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"sampler start {start} is outside 0..{self.num_samples}")
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int,
+                 stride: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Batches of similar aspect ratio and the one canvas each batch is letterboxed to.
+
+    Args:
+        img_hw: [N, 2] original (h, w) of each dataset index, pixels.
+        batch_size: images per batch (the last batch may be smaller).
+        img_size: long side after the letterbox resize, pixels (a multiple of ``stride``).
+        stride: the model's largest stride, pixels.
+    Returns:
+        (batches, canvas_hw): batches, a list of [b] int64 dataset-index arrays, consecutive in
+        the order of h / w (ties in index order); canvas_hw, [num_batches, 2] int64 (h, w) pixels:
+        the largest resized side of the batch's images along each axis, rounded up to a multiple
+        of ``stride``. Images that are all square get img_size x img_size, the square letterbox.
+    """
+    hw = np.asarray(img_hw, np.int64).reshape(-1, 2)
+    order = np.argsort(hw[:, 0] / hw[:, 1], kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    # resized_hw per image: the same rounding as the letterbox itself, so every image fits its canvas
+    resized = np.array([resized_hw((int(h), int(w)), img_size) for h, w in hw], np.int64).reshape(-1, 2)
+    canvas = [-(-resized[b].max(0) // stride) * stride for b in batches]
+    return batches, np.array(canvas, np.int64).reshape(-1, 2)
+
+
+class RectBatchSampler(Sampler[list[int]]):
+    """Yields this rank's whole batches of ``rect_batches``: batches rank, rank + W, rank + 2W ...
+
+    Every image is in exactly one batch of one rank (no padding with repeated images: the
+    evaluation gathers the ranks' predictions whatever their count), so a rank may get one batch
+    fewer than another, or none.
+    """
+
+    def __init__(self, batches: Sequence[np.ndarray], rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.batches = [np.asarray(b, np.int64) for b in batches[rank::world_size]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
