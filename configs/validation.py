@@ -10,7 +10,7 @@ from configs.errors import ConfigError
 METRIC_KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")  # COCO stats
 EXPORT_FORMATS = ("onnx", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8")
 BENCH_DEVICES = ("auto", "cpu", "cuda", "all")
-TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat")
+TASKS = ("train", "val", "predict", "debug", "benchmark", "export", "qat", "compare")
 MIN_OPSET = 11  # NonMaxSuppression with center_point_box, TopK with a tensor k
 
 CHOICES = {
@@ -65,6 +65,7 @@ def validate_config(cfg: Any) -> None:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be positive")
     _check_training(cfg)
     _check_eval(cfg)
+    _check_predict(cfg)
     _check_deploy(cfg)
 
 
@@ -124,6 +125,15 @@ def _check_eval(cfg: Any) -> None:
     if ids and nc and (len(ids) != nc or len(set(ids)) != nc):
         raise ConfigError(f"data.category_ids={list(ids)} must hold {nc} distinct ids, one per class of "
                           f"data.class_names={list(cfg.data.class_names)} (or be [] for 1..nc)")
+
+
+def _check_predict(cfg: Any) -> None:
+    """predict.* counts and the stream deadline."""
+    for key in ("predict.batch_size", "predict.video_stride", "predict.stream_timeout_s"):
+        if cfg.get(key) <= 0:
+            raise ConfigError(f"{key}={cfg.get(key)} must be positive")
+    if cfg.predict.max_frames < 0:
+        raise ConfigError(f"predict.max_frames={cfg.predict.max_frames} must be >= 0 (0 = all frames)")
 
 
 def _check_deploy(cfg: Any) -> None:

@@ -74,6 +74,10 @@ def run_task(args) -> None:
     close_run_log()  # nothing of this run (e.g. a config error) goes into an earlier run's log file
     cfg = validate(config_for(args))
     task = cfg.task
+    run_dirs = getattr(args, "run_dirs", [])
+    if run_dirs and task != "compare":
+        raise ConfigError(f"{run_dirs[0]!r} is not an override (group.field=value); only --task compare takes run "
+                          f"directories (this is --task {task})")
     dist = init_distributed(timeout_s=60 * cfg.train.dist_timeout_min)
     set_cpu_threads(cfg.train.num_threads)
     try:
@@ -161,13 +165,13 @@ def load_model(cfg, path: str | None, device):
 
 
 def task_val(cfg, args, dist, run_dir: Path) -> None:
-    from core.evaluation.evaluator import Evaluator
+    from core.evaluation.evaluator import Evaluator, rect_for
     from core.loaders import build_eval_loader
     from datasets import resolve_class_names
     from utils.model_info import is_runtime_model
     model = load_model(cfg, args.ckpt, dist.device)
     resolve_class_names(cfg)  # COCO data under a --config without them: the json's category ids
-    loader = build_eval_loader(cfg, dist, "val", max_images=cfg.eval.max_images)
+    loader = build_eval_loader(cfg, dist, "val", max_images=cfg.eval.max_images, rect=rect_for(cfg, model))
     evaluator = Evaluator(cfg, loader.dataset.records, dist, num_images_total=loader.dataset.split_size)
     metrics = evaluator.run(model, loader, run_dir if dist.is_main else None)
     if not dist.is_main:
@@ -208,10 +212,13 @@ def task_predict(cfg, args, dist, run_dir: Path) -> None:
 
 
 def task_debug(cfg, args, dist, run_dir: Path) -> None:
+    from core.train.dataset_report import report_dataset
     from core.train.debugger import draw_assignments_for_config, draw_samples_for_config
     if not dist.is_main:
         return
-    if cfg.debug.mode == "samples":
+    if cfg.debug.mode == "dataset":
+        report_dataset(cfg, run_dir)
+    elif cfg.debug.mode == "samples":
         draw_samples_for_config(cfg, run_dir)
     else:
         draw_assignments_for_config(cfg, run_dir, args.ckpt)
@@ -239,6 +246,13 @@ def task_export(cfg, args, dist, run_dir: Path) -> None:
                     f"{diff['boxes']:.2e} px, scores {diff['scores']:.2e}{why}")
 
 
+def task_compare(cfg, args, dist, run_dir: Path) -> None:
+    """Training runs side by side (the positional run directories): core/evaluation/compare.py."""
+    from core.evaluation.compare import compare_runs
+    if dist.is_main:
+        compare_runs(getattr(args, "run_dirs", []), run_dir)
+
+
 def task_qat(cfg, args, dist, run_dir: Path) -> None:
     """Quantisation-aware fine-tuning of --ckpt (core/deploy/qat.py)."""
     from core.deploy.qat import run_qat
@@ -246,4 +260,4 @@ def task_qat(cfg, args, dist, run_dir: Path) -> None:
 
 
 TASK_FUNCS = {"train": task_train, "val": task_val, "predict": task_predict, "debug": task_debug,
-              "benchmark": task_benchmark, "export": task_export, "qat": task_qat}
+              "benchmark": task_benchmark, "export": task_export, "qat": task_qat, "compare": task_compare}

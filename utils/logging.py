@@ -10,6 +10,7 @@ previous run.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -130,6 +131,25 @@ class TBWriter:
             return
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, float(value), step)
+
+    def add_hparams(self, hparams: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
+        """The run's settings with its results, for TensorBoard's HParams tab, in this writer's own
+        directory (``SummaryWriter.add_hparams`` would open a sub-run named by the time instead).
+
+        hparams: flat ``name: value``; values other than bool, int, float and str are written as
+        json text. metrics: ``tag: value`` results, written as scalars (tags of their own, e.g.
+        ``hparams/best_mAP``, so they do not mix with the curves). Only the session records are
+        written, no experiment record: TensorBoard then builds the experiment from every run under
+        its --logdir and marks which settings differ between them.
+        """
+        if self._writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in hparams.items()}
+        _experiment, start, end = hparams_summary(plain, metrics)
+        self._writer.file_writer.add_summary(start, step)
+        self._writer.file_writer.add_summary(end, step)
+        self.add_scalars(metrics, step)
 
     def flush(self) -> None:
         """Write pending events to disk."""

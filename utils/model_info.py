@@ -43,8 +43,9 @@ def gflops(model: nn.Module, img_size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def model_summary(model: nn.Module, img_size: int) -> str:
-    """A few lines: class (and network name), layers, parameters, GFLOPs at img_size."""
+def model_summary(model: nn.Module, img_size: int, flops: float | None = None) -> str:
+    """A few lines: class (and network name), layers, parameters, GFLOPs at img_size (``flops``: the
+    caller's ``gflops`` result, so the forward pass is not counted twice)."""
     name = type(model).__name__
     if getattr(model, "name", None):
         name = f"{name} ({model.name})"
@@ -57,5 +58,5 @@ def model_summary(model: nn.Module, img_size: int) -> str:
         f"model       {name}",
         f"layers      {layers}",
         f"parameters  {total:,} ({trainable:,} trainable)",
-        f"GFLOPs      {gflops(model, img_size):.1f} at {img_size}x{img_size} (eval forward)",
+        f"GFLOPs      {gflops(model, img_size) if flops is None else flops:.1f} at {img_size}x{img_size} (eval forward)",
     ])

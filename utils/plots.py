@@ -194,6 +194,20 @@ def _figure(width: float = 6.4, height: float = 4.8) -> tuple:
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def new_figure(rows: int, cols: int, width: float, height: float) -> tuple:
+    """A figure of rows x cols axes (Agg canvas, as ``_figure``); returns (figure, flat list of axes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(rows, cols).flat)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out and write ``fig`` to ``path`` (folders created)."""
+    return _save_figure(fig, Path(path))
+
+
 def _save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -294,3 +308,42 @@ def _finish_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
 def _rgb01(i: int) -> tuple[float, float, float]:
     """class_color as matplotlib's 0..1 floats (same colour per class as the drawn boxes)."""
     return tuple(c / 255 for c in class_color(i))
+
+
+_LINE_STYLES = ("-", "--", ":", "-.")  # repeats of one configuration (seeds): one colour, these styles
+
+
+def plot_run_curves(curves: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Validation mAP per epoch (left) and mean training loss per epoch (right) of several runs, one
+    line each, with one legend below both plots.
+
+    curves: per run ``{"label": str, "group": int, "member": int, "map": [(epoch, mAP)], "loss":
+    [(epoch, loss)]}``; runs of one ``group`` (a configuration) share a colour, ``member`` (its
+    repeats, e.g. seeds) picks the line style.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12.0, 4.2 + 0.2 * len(curves)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_map, ax_loss = fig.subplots(1, 2)
+    for c in curves:
+        style = dict(color=_rgb01(c["group"]), ls=_LINE_STYLES[c["member"] % len(_LINE_STYLES)], lw=1.6)
+        for ax, key in ((ax_map, "map"), (ax_loss, "loss")):
+            xs, ys = zip(*c[key]) if c[key] else ((), ())
+            # A label starting with "_" would be left out of the legend (matplotlib's "hidden" mark).
+            label = (" " + c["label"] if c["label"].startswith("_") else c["label"]) if ax is ax_map else None
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label, **style)
+    for ax, ylabel in ((ax_map, "val mAP .50:.95"), (ax_loss, "train loss (epoch mean)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_map.set_ylim(bottom=0.0)
+    ax_map.set_title(f"mAP per epoch {title}".strip(), fontsize=10)
+    ax_loss.set_title(f"loss per epoch {title}".strip(), fontsize=10)
+    if curves:
+        fig.legend(loc="outside lower center", ncols=1, fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
