@@ -190,7 +190,7 @@ class EvalCfg:
 
 @dataclass
 class PredictCfg:
-    source: str = ""  # image file, folder (images and videos inside), or video file (anything OpenCV reads)
+    source: str = ""  # image, folder, video, glob, .txt list of paths, webcam index ("0") or rtsp/rtmp/http(s) URL
     conf_thres: float = 0.25  # minimum score drawn and saved
     nms_iou: float = 0.45  # IoU threshold of class-wise NMS
     agnostic_nms: bool = False  # NMS across classes (a box suppresses overlapping boxes of any class)
@@ -201,7 +201,9 @@ class PredictCfg:
     class_names_file: str = ""  # JSON list of class names (or {"0": name, ...}); "" = the names in the checkpoint
     save_txt: bool = False  # per image labels/<name>.txt in YOLO format: "class cx cy w h score", normalised
     save_coco: bool = True  # predictions_coco.json: COCO images, categories and scored annotations
-    video_stride: int = 1  # videos: predict every N-th frame
+    video_stride: int = 1  # videos, webcams and streams: predict every N-th frame
+    stream_timeout_s: float = 10.0  # webcam/stream: no frame for this many seconds = dropped, run ends
+    max_frames: int = 0  # stop after this many predicted images/frames; 0 = all (a stream: until it drops)
 
 
 @dataclass
