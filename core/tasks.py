@@ -104,9 +104,6 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
     128 + the signal number; any other failure is logged with its rank and traceback (each rank's
     log file), then the process exits non-zero."""
     from core.train import NonFiniteLossError, NonFiniteWeightsError, Trainer
-    if dist.is_main:
-        from utils.files import write_json_atomic
-        write_json_atomic(run_dir / "config.json", cfg.to_dict())
     try:
         trainer = Trainer(cfg, dist, run_dir, resume=args.ckpt)
         with _stop_on_signals(trainer):

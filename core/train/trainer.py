@@ -34,6 +34,7 @@ from models import build_loss, build_model
 from utils.checkpoint import CheckpointError, non_finite_tensors, remove_stale_tmp, save_checkpoint, set_rng_state
 from utils.dist import DistInfo, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
+from utils.files import write_json_atomic
 from utils.logging import TBWriter, WandbWriter, check_wandb, epoch_summary, flatten_scalars, memory_scalars
 from utils.memory import release_free_memory
 from utils.model_info import count_params, gflops, model_summary
@@ -58,6 +59,8 @@ class Trainer:
     def __init__(self, cfg, dist: DistInfo, run_dir: Path, resume: str | None = None) -> None:
         self.cfg, self.dist, self.run_dir, self.device = cfg, dist, Path(run_dir), dist.device
         t = cfg.train
+        if dist.is_main:  # the settings as given ("auto" anchors unresolved): what --task compare reads
+            write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
         if t.wandb:
             check_wandb(cfg)  # a bad mode or a missing package fails now, not after the first epoch
         seed_everything(t.seed, dist.rank, t.deterministic)

@@ -1,5 +1,7 @@
 """model.anchors="auto": fitted before the model is built, stored in the checkpoint, the configured
 anchors kept when they fit as well, refused for the anchor-free family, used by v7 too."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,8 @@ def test_training_stores_the_fitted_anchors_and_the_anchor_free_family_refuses_a
     Trainer(cfg, cpu, tmp_path / "run").fit()
     stored = load_checkpoint(tmp_path / "run" / "last.pth")["config"]["model"]["anchors"]
     assert stored != "auto" and np.array(stored).shape == (3, 3, 2) and stored == cfg.model.anchors
+    # config.json (what --task compare reads) keeps the setting as given, written by the Trainer itself
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["anchors"] == "auto"
     with pytest.raises(ConfigError, match="model.anchors='auto' has no effect: model.name='v9-t'"):
         validate(load_config("bccd_v9t", ["model.anchors=auto"]))
 
