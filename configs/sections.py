@@ -170,6 +170,7 @@ class EvalCfg:
     nms_iou: float = 0.6  # IoU threshold of class-wise NMS
     agnostic_nms: bool = False  # NMS across classes (a box suppresses overlapping boxes of any class)
     rect: bool = False  # batches of similar aspect ratio, each padded only to the next multiple of the stride (not to a square)
+    rect_pad: float = 0.5  # eval.rect: context added to each short side before rounding up, in strides (never past the square); 0 = tightest
     max_det: int = 100  # detections kept per image (COCO maxDets)
     pre_nms_topk: int = 3000  # candidates per image entering NMS
     batch_size: int = 16  # images per step per rank

@@ -115,7 +115,7 @@ def _check_eval(cfg: Any) -> None:
                           "under conf_thres are dropped before scoring; lower eval.conf_thres")
     if any(not 0.0 <= float(c) <= 1.0 for c in e.sweep_confs):
         raise ConfigError(f"eval.sweep_confs={e.sweep_confs} must hold confidences in [0, 1]")
-    for key in ("eval.max_images", "eval.bench_warmup"):
+    for key in ("eval.max_images", "eval.bench_warmup", "eval.rect_pad"):
         if cfg.get(key) < 0:
             raise ConfigError(f"{key}={cfg.get(key)} must be >= 0")
     for key in ("eval.trend_epochs", "eval.bench_iters", "eval.bench_batch"):

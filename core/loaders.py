@@ -50,4 +50,5 @@ def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augme
         raise ConfigError("rectangular batches (eval.rect) take letterboxed images, not augmented ones")
     ds = build_dataset(cfg, split, train=augment, augment=augment, max_images=max_images)
     return build_dataloader(ds, cfg.eval.batch_size, train=False, rect_stride=max(cfg.model.strides) if rect else 0,
+                            rect_pad=cfg.eval.rect_pad,
                             **loader_kwargs(cfg, dist))[0]

@@ -77,13 +77,13 @@ class DetectionDataset(Dataset):
         self._closed_announced = False
         self.canvas_hw: np.ndarray | None = None  # [N, 2] (h, w) letterbox canvas per index; None = square
 
-    def plan_rect(self, batch_size: int, stride: int) -> list[np.ndarray]:
+    def plan_rect(self, batch_size: int, stride: int, pad: float = 0.0) -> list[np.ndarray]:
         """Rectangular evaluation: group the images into batches of similar aspect ratio
         (``datasets.samplers.rect_batches``); from now on each item is letterboxed to its batch's
         canvas. Returns the batches ([b] dataset indices each), for a RectBatchSampler."""
         if self.train:
             raise ValueError("rectangular batches are for evaluation only (the training batches are augmented squares)")
-        batches, canvas = rect_batches(self.records.img_hw, batch_size, self.img_size, stride)
+        batches, canvas = rect_batches(self.records.img_hw, batch_size, self.img_size, stride, pad)
         self.canvas_hw = np.zeros((len(self), 2), np.int64)
         for b, hw in zip(batches, canvas):
             self.canvas_hw[b] = hw
@@ -310,12 +310,12 @@ def _worker_init(worker_id: int, seed: int, rank: int) -> None:
 
 
 def _sampler(dataset: Dataset, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
-             rect_stride: int) -> Sampler:
+             rect_stride: int, rect_pad: float = 0.0) -> Sampler:
     """The index sampler, or with ``rect_stride`` the batch sampler of rectangular evaluation."""
     if rect_stride > 0:
         if train:
             raise ValueError("rect_stride > 0 (rectangular batches) is for evaluation loaders only")
-        return RectBatchSampler(dataset.plan_rect(batch_size, rect_stride), rank, world_size)
+        return RectBatchSampler(dataset.plan_rect(batch_size, rect_stride, rect_pad), rank, world_size)
     if world_size > 1:
         return ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False)
     return SeededRandomSampler(len(dataset), seed) if train else SequentialSampler(dataset)
@@ -324,7 +324,7 @@ def _sampler(dataset: Dataset, batch_size: int, train: bool, rank: int, world_si
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, rank: int = 0,
                      world_size: int = 1, seed: int = 0, pin_memory: bool = False, prefetch_factor: int = 2,
                      persistent_workers: bool = True, timeout_s: float = 0.0,
-                     rect_stride: int = 0) -> tuple[DataLoader, Sampler]:
+                     rect_stride: int = 0, rect_pad: float = 0.0) -> tuple[DataLoader, Sampler]:
     """DataLoader and its sampler (call ``sampler.set_epoch(e)`` on train samplers each epoch).
 
     Args:
@@ -336,10 +336,11 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
         rect_stride: > 0 (evaluation only): batches of similar aspect ratio, each letterboxed to one
             canvas padded to multiples of this stride (``DetectionDataset.plan_rect``); the sampler
             is then a RectBatchSampler giving each rank whole batches, none repeated.
+        rect_pad: with rect_stride, context added to each short side, in strides (``rect_batches``).
     Train loaders shuffle with a seeded generator and drop the last partial batch when the
     (per-rank) dataset is larger than one batch.
     """
-    sampler = _sampler(dataset, batch_size, train, rank, world_size, seed, rect_stride)
+    sampler = _sampler(dataset, batch_size, train, rank, world_size, seed, rect_stride, rect_pad)
     num_workers = workers_within_file_limit(num_workers, prefetch_factor)
     if num_workers > 0:
         # Workers are forked: an OpenCV thread pool already running in this process would be

@@ -78,8 +78,8 @@ class ShardSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int,
-                 stride: int) -> tuple[list[np.ndarray], np.ndarray]:
+def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int, stride: int,
+                 pad: float = 0.0) -> tuple[list[np.ndarray], np.ndarray]:
     """Batches of similar aspect ratio and the one canvas each batch is letterboxed to.
 
     Args:
@@ -87,18 +87,26 @@ def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int,
         batch_size: images per batch (the last batch may be smaller).
         img_size: long side after the letterbox resize, pixels (a multiple of ``stride``).
         stride: the model's largest stride, pixels.
+        pad: context added to each short side before rounding, in strides (``eval.rect_pad``), so
+            objects at the image's edge are not at the border of the feature maps; a side never
+            grows past the square's (max(img_size, its own rounded size)).
     Returns:
         (batches, canvas_hw): batches, a list of [b] int64 dataset-index arrays, consecutive in
         the order of h / w (ties in index order); canvas_hw, [num_batches, 2] int64 (h, w) pixels:
-        the largest resized side of the batch's images along each axis, rounded up to a multiple
-        of ``stride``. Images that are all square get img_size x img_size, the square letterbox.
+        the largest resized side of the batch's images along each axis plus ``pad`` strides, rounded
+        up to a multiple of ``stride``. Images that are all square get img_size x img_size, the
+        square letterbox.
     """
     hw = np.asarray(img_hw, np.int64).reshape(-1, 2)
     order = np.argsort(hw[:, 0] / hw[:, 1], kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     # resized_hw per image: the same rounding as the letterbox itself, so every image fits its canvas
     resized = np.array([resized_hw((int(h), int(w)), img_size) for h, w in hw], np.int64).reshape(-1, 2)
-    canvas = [-(-resized[b].max(0) // stride) * stride for b in batches]
+    if pad < 0:
+        raise ValueError(f"rect pad {pad} must be >= 0 strides")
+    tight = [-(-resized[b].max(0) // stride) * stride for b in batches]  # next multiple of the stride
+    padded = [np.ceil(resized[b].max(0) / stride + pad).astype(np.int64) * stride for b in batches]
+    canvas = [np.minimum(p, np.maximum(t, img_size)) for p, t in zip(padded, tight)]
     return batches, np.array(canvas, np.int64).reshape(-1, 2)
 
 

@@ -90,7 +90,7 @@ def test_rect_val_on_mixed_aspect_ratios(data):
     """Batches in aspect-ratio order, not id order: every record is still predicted, boxes come back in
     original pixels, and Evaluator.run (no process group) scores them with a max_det report."""
     _, mixed, model = data
-    cfg = _cfg(mixed, 128, **{"eval.max_det": 5, "eval.rect": True})
+    cfg = _cfg(mixed, 128, **{"eval.max_det": 5, "eval.rect": True, "eval.rect_pad": 0.0})  # tightest canvases
     loader = build_eval_loader(cfg, CPU, "val")  # rect=None: eval.rect for the val split
     shapes = [tuple(images.shape[2:]) for images, _, _ in loader]
     ids = [[m["image_id"] for m in metas] for _, _, metas in loader]
@@ -187,7 +187,7 @@ def test_exported_onnx_model_is_scored_on_the_square(data, tmp_path):
     metrics = Evaluator(cfg, loader.dataset.records, CPU).run(rt, loader)
     assert metrics["num_images"] == len(SQUARE) and metrics["max_det"]["exact"]
     # the same file on rectangular batches: refused with the way out
-    cfg = _cfg(mixed, 64, **{"eval.rect": True})
+    cfg = _cfg(mixed, 64, **{"eval.rect": True, "eval.rect_pad": 0.0})
     loader = build_eval_loader(cfg, CPU, "val")
     assert {tuple(images.shape[2:]) for images, _, _ in loader} != {(64, 64)}
     with pytest.raises(ConfigError, match="score it with eval.rect=False"):

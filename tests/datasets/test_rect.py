@@ -3,6 +3,8 @@ letterbox on a batch's canvas, and the dataset / loader pieces that use them on 
 images (640x480: one 320x416 canvas at img_size 416 instead of the 416x416 square)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -47,6 +49,15 @@ def test_rect_batches_sorted_complete_and_fitting(batch_size):
         resized = np.array([resized_hw(tuple(hw[i]), 416) for i in b])
         assert (resized[:, 0] <= ch).all() and (resized[:, 1] <= cw).all()  # each image fits its canvas
         assert ch - 32 < resized[:, 0].max() and cw - 32 < resized[:, 1].max()  # and no more than the stride
+
+
+def test_rect_pad_adds_context_to_the_short_side_but_never_passes_the_square():
+    hw = np.array([[480, 640], [100, 900], [500, 500], [640, 480]])
+    # 312 + 0.5 stride -> 10.25 strides -> 352; 46 -> 1.94 -> 64; the long side (416) stays 416
+    assert rect_batches(hw, 1, 416, 32, pad=0.5)[1].tolist() == [[64, 416], [352, 416], [416, 416], [416, 352]]
+    assert rect_batches(hw, 1, 416, 32, pad=3.0)[1].tolist() == [[160, 416], [416, 416], [416, 416], [416, 416]]
+    with pytest.raises(ValueError, match="pad -1"):
+        rect_batches(hw, 1, 416, 32, pad=-1)
 
 
 def test_rect_batches_values():
@@ -157,20 +168,24 @@ def bccd(tmp_path_factory):
                                          f"data.cache_dir={str(tmp / 'cache')!r}"])
 
 
-def test_bccd_rect_batches_are_narrower_and_hold_the_square_content(bccd):
+@pytest.mark.parametrize("pad, rows", [(0.0, 320), (0.5, 352)])  # eval.rect_pad: 312 rows + 0 or 20 px of context
+def test_bccd_rect_batches_are_narrower_and_hold_the_square_content(bccd, pad, rows):
+    bccd = copy.deepcopy(bccd)
+    bccd.eval.rect_pad = pad
     rect, square = build_eval_loader(bccd, CPU, "val", rect=True), build_eval_loader(bccd, CPU, "val", rect=False)
+    top = (rows - 312) // 2  # the rect canvas's top pad; the square's is 52
     assert rect.dataset.canvas_hw is not None and square.dataset.canvas_hw is None
     assert isinstance(rect.batch_sampler, RectBatchSampler)
     records = {r.image_id: r for r in rect.dataset.records}
     seen = []
     for (ri, rt, rm), (si, st, sm) in zip(rect, square, strict=True):
-        assert tuple(ri.shape[1:]) == (3, 320, 416) and tuple(si.shape[1:]) == (3, 416, 416)
+        assert tuple(ri.shape[1:]) == (3, rows, 416) and tuple(si.shape[1:]) == (3, 416, 416)
         assert [m["image_id"] for m in rm] == [m["image_id"] for m in sm]  # one aspect ratio: file order
         assert ri.dtype == torch.uint8
         for b, (mr, ms) in enumerate(zip(rm, sm)):
             assert mr["orig_hw"] == ms["orig_hw"] == (480, 640) and mr["scale"] == ms["scale"] == 416 / 640
-            assert mr["pad"] == (0.0, 4.0) and ms["pad"] == (0.0, 52.0)
-            torch.testing.assert_close(ri[b], si[b, :, 48:368], rtol=0, atol=0)  # the square's content, cropped
+            assert mr["pad"] == (0.0, float(top)) and ms["pad"] == (0.0, 52.0)
+            torch.testing.assert_close(ri[b], si[b, :, 52 - top:52 - top + rows], rtol=0, atol=0)  # the square, cropped
             # the targets on each canvas map back (meta scale / pad) to the record's boxes
             rec = records[mr["image_id"]]
             for targets, meta in ((rt, mr), (st, ms)):
@@ -182,7 +197,8 @@ def test_bccd_rect_batches_are_narrower_and_hold_the_square_content(bccd):
             box = np.array([[37.5, 10.25, 201.0, 300.0]], np.float32)
             np.testing.assert_allclose(
                 boxes_from_letterbox(box, mr["scale"], mr["pad"], mr["orig_hw"]),
-                boxes_from_letterbox(box + [0, 48, 0, 48], ms["scale"], ms["pad"], ms["orig_hw"]), atol=1e-4, rtol=0)
+                boxes_from_letterbox(box + [0, 52 - top, 0, 52 - top], ms["scale"], ms["pad"], ms["orig_hw"]),
+                atol=1e-4, rtol=0)
             seen.append(mr["image_id"])
     assert sorted(seen) == sorted(records)
 
