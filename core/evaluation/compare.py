@@ -48,6 +48,7 @@ LABELS = {"best_epoch": "best ep", "best_mAP": "best mAP", "best_mAP50": "best A
 NOT_RANKED = ("best_epoch", "params_M", "GFLOPs", "wall_s")  # no "better" direction: never bold
 FIXED_BY_CONFIG = ("params_M", "GFLOPs")  # a seed cannot change them: shown without a std
 NUMERIC_HEADERS = {"#", "n", "epochs", *LABELS.values()}  # right-aligned (and "AP <class>")
+MAX_VALUE_CHARS = 24  # a longer config value is cut in the tables (compare.csv keeps it whole)
 MAX_CONSOLE_CLASSES = 12  # more classes: the per-class table only in compare.md / compare.csv
 STATUS_STYLE = {"finished": "green", "in progress": "yellow", "crashed": "bold red", "failed": "bold red",
                 "interrupted": "magenta", "stopped early": "cyan"}
@@ -116,9 +117,16 @@ def _bests(rows: list[Row], cols: list[str]) -> dict[str, float]:
     return out
 
 
+def cell_value(value) -> str:
+    """A config value in a table cell: ``value_text``, cut to MAX_VALUE_CHARS with "…" (a list of
+    anchors would fill the screen); compare.csv and each run's config.json hold the whole value."""
+    text = value_text(value)
+    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
+
+
 def _ident(row: Row, keys: list[str]) -> list[Cell]:
     """The cells that name a row: its differing field values, or its run names when none differ."""
-    return [(value_text(row.config[k]), False) for k in keys] if keys else [(row_label(row, keys), False)]
+    return [(cell_value(row.config[k]), False) for k in keys] if keys else [(row_label(row, keys), False)]
 
 
 def _numbers(rows: list[Row], cols: list[str]) -> list[list[Cell]]:

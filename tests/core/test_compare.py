@@ -16,7 +16,7 @@ import pytest
 from tiny_data import make_tiny_voc, tiny_overrides
 
 from configs.base_config import ConfigError
-from core.evaluation.compare import compare_runs, tables
+from core.evaluation.compare import compare_runs, csv_text, tables
 from core.evaluation.run_table import RunSummary, differing_keys, expand_run_dirs, group_runs, load_run, load_runs
 from main import main, parse_args, split_positionals
 from utils.run_info import now_iso
@@ -262,3 +262,14 @@ def test_plot_legend_keeps_every_run(tmp_path, monkeypatch):
               {"label": "_scratch", "group": 1, "member": 0, "map": [], "loss": [(1, 3.1)]}]  # no validation yet
     path = plot_run_curves(curves, tmp_path / "deep" / "compare.png")
     assert path.read_bytes()[:4] == b"\x89PNG" and legends == [["optim.lr=0.001 seed=0 (a)", "_scratch"]]
+
+
+def test_long_values_are_cut_in_the_tables_and_whole_in_the_csv():
+    anchors = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]]]
+    found = [RunSummary(Path("a"), {"model.anchors": "auto"}, "finished", 1, 1, [], [], {}),
+             RunSummary(Path("b"), {"model.anchors": anchors}, "finished", 1, 1, [], [], {})]
+    rows = group_runs(found, ["model.anchors"])
+    cells = [c[4][0] for c in tables(rows, ["model.anchors"])[0][2]]
+    assert cells == ["auto", "[[[10, 13], [16, 30], […"] and len(cells[1]) == 24
+    line = list(csv.reader(csv_text(rows, ["model.anchors"]).splitlines()))[2]
+    assert json.loads(line[5]) == anchors
