@@ -48,6 +48,7 @@ LABELS = {"best_epoch": "best ep", "best_mAP": "best mAP", "best_mAP50": "best A
 NOT_RANKED = ("best_epoch", "params_M", "GFLOPs", "wall_s")  # no "better" direction: never bold
 FIXED_BY_CONFIG = ("params_M", "GFLOPs")  # a seed cannot change them: shown without a std
 NUMERIC_HEADERS = {"#", "n", "epochs", *LABELS.values()}  # right-aligned (and "AP <class>")
+PIPED_WIDTH = 1000  # console width when stdout is not a terminal (tables take only what they need)
 MAX_VALUE_CHARS = 24  # a longer config value is cut in the tables (compare.csv keeps it whole)
 MAX_CONSOLE_CLASSES = 12  # more classes: the per-class table only in compare.md / compare.csv
 STATUS_STYLE = {"finished": "green", "in progress": "yellow", "crashed": "bold red", "failed": "bold red",
@@ -61,7 +62,8 @@ def compare_runs(patterns: list[str], out_dir: Path, width: int | None = None) -
     """The task: read the runs, print the tables, write compare.md, compare.csv and compare.png.
 
     patterns: run directories or globs; out_dir: where the files go (a glob matching it, as a quoted
-    'runs/*' does, leaves it out); width: console width (None: the terminal's, 200 when piped).
+    'runs/*' does, leaves it out); width: console width (None: the terminal's; when piped, as wide
+    as the tables need).
     Raises FileNotFoundError when a pattern names nothing or no directory is a training run.
     """
     if not patterns:
@@ -157,11 +159,11 @@ def tables(rows: list[Row], keys: list[str], max_classes: int | None = None,
 
 
 def print_tables(rows: list[Row], keys: list[str], skipped: list[Path], width: int | None = None) -> None:
-    """The tables on stdout (in colour on a terminal; 200 columns wide when piped, unless ``width``)."""
+    """The tables on stdout (in colour on a terminal; as wide as they need when piped, unless ``width``)."""
     # emoji=False: a header such as "h:m:s" must not become an emoji code.
     console = Console(width=width, emoji=False) if width else Console(emoji=False)
     if not console.is_terminal and not width:
-        console = Console(width=200, emoji=False)
+        console = Console(width=PIPED_WIDTH, emoji=False)  # a file or pager scrolls: no folded headers
     n_runs = sum(len(r.runs) for r in rows)
     console.print(Text(f"{n_runs} runs in {len(rows)} rows; columns: the config fields that differ "
                        f"({', '.join(keys) or 'none'}); rows fold runs that differ only in {SEED_KEY} "

@@ -27,6 +27,7 @@ from utils.run_info import (
 )
 
 SEED_KEY = "train.seed"  # runs differing only here are repeats of one configuration
+NOT_SETTINGS = ("name",)  # config keys that label a run without changing it: never columns
 HEADLINE = ("mAP", "mAP50", "mAP75")  # COCO numbers shown at the best and at the last validation
 COST = ("params_M", "GFLOPs", "train_img_per_s", "wall_s")
 _MISSING = object()  # a config key that an older run does not have
@@ -187,9 +188,10 @@ def load_runs(paths: list[Path]) -> tuple[list[RunSummary], list[Path]]:
 
 
 def differing_keys(runs: list[RunSummary]) -> list[str]:
-    """Config keys (not the seed) whose value is not the same in every run, in config order."""
+    """Config keys (not the seed, nor ``NOT_SETTINGS``) whose value is not the same in every run, in
+    config order."""
     keys = list(dict.fromkeys(k for r in runs for k in r.config))
-    return [k for k in keys if k != SEED_KEY
+    return [k for k in keys if k != SEED_KEY and k not in NOT_SETTINGS
             and len({_canonical(r.config.get(k, _MISSING)) for r in runs}) > 1]
 
 
