@@ -313,6 +313,8 @@ def _rgb01(i: int) -> tuple[float, float, float]:
 _LINE_STYLES = ("-", "--", ":", "-.")  # repeats of one configuration (seeds): one colour, these styles
 
 
+LEGEND_CHARS = 150  # compare.png: a run's label wraps after this many characters
+
 def plot_run_curves(curves: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Validation mAP per epoch (left) and mean training loss per epoch (right) of several runs, one
     line each, with one legend below both plots.
@@ -321,17 +323,20 @@ def plot_run_curves(curves: Sequence[dict], path: str | Path, title: str = "") -
     [(epoch, loss)]}``; runs of one ``group`` (a configuration) share a colour, ``member`` (its
     repeats, e.g. seeds) picks the line style.
     """
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(12.0, 4.2 + 0.2 * len(curves)), dpi=100, layout="constrained")
+    labels = [textwrap.fill(c["label"], LEGEND_CHARS, subsequent_indent="    ") for c in curves]  # 8 pt: fits 12 in
+    fig = Figure(figsize=(12.0, 4.2 + 0.17 * sum(t.count("\n") + 1 for t in labels)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax_map, ax_loss = fig.subplots(1, 2)
-    for c in curves:
+    for c, text in zip(curves, labels):
         style = dict(color=_rgb01(c["group"]), ls=_LINE_STYLES[c["member"] % len(_LINE_STYLES)], lw=1.6)
         for ax, key in ((ax_map, "map"), (ax_loss, "loss")):
             xs, ys = zip(*c[key]) if c[key] else ((), ())
             # A label starting with "_" would be left out of the legend (matplotlib's "hidden" mark).
-            label = (" " + c["label"] if c["label"].startswith("_") else c["label"]) if ax is ax_map else None
+            label = (" " + text if text.startswith("_") else text) if ax is ax_map else None
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label, **style)
     for ax, ylabel in ((ax_map, "val mAP .50:.95"), (ax_loss, "train loss (epoch mean)")):
         ax.set_xlabel("epoch")

@@ -37,6 +37,7 @@ from core.evaluation.run_table import (
     numeric_columns,
     row_label,
     run_label,
+    short_text,
     value_text,
 )
 from utils.plots import plot_run_curves
@@ -122,8 +123,7 @@ def _bests(rows: list[Row], cols: list[str]) -> dict[str, float]:
 def cell_value(value) -> str:
     """A config value in a table cell: ``value_text``, cut to MAX_VALUE_CHARS with "…" (a list of
     anchors would fill the screen); compare.csv and each run's config.json hold the whole value."""
-    text = value_text(value)
-    return text if len(text) <= MAX_VALUE_CHARS else text[:MAX_VALUE_CHARS - 1] + "…"
+    return short_text(value, MAX_VALUE_CHARS)
 
 
 def _ident(row: Row, keys: list[str]) -> list[Cell]:

@@ -247,6 +247,12 @@ def value_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
+def short_text(value: Any, limit: int = 24) -> str:
+    """``value_text`` cut to ``limit`` characters with "…" (a list of anchors would fill a table or a legend)."""
+    text = value_text(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def row_label(row: Row, keys: list[str]) -> str:
     """What tells the row apart: ``key=value`` of the differing fields (the run names without any)."""
     return ", ".join(f"{k}={value_text(row.config[k])}" for k in keys) or ", ".join(r.name for r in row.runs)
@@ -255,5 +261,5 @@ def row_label(row: Row, keys: list[str]) -> str:
 def run_label(row: Row, run: RunSummary, keys: list[str]) -> str:
     """A run's label in the plot: its row label, its seed when the row holds repeats, and its folder."""
     seed = f" seed={run.config.get(SEED_KEY)}" if len(row.runs) > 1 else ""
-    label = ", ".join(f"{k}={value_text(row.config[k])}" for k in keys)
+    label = ", ".join(f"{k}={short_text(row.config[k])}" for k in keys)
     return f"{label}{seed} ({run.name})" if label else f"{run.name}{seed}"
