@@ -1,9 +1,6 @@
 """One function per task; each builds only what its task needs."""
 from __future__ import annotations
 
-import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from loguru import logger
@@ -17,6 +14,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.dist import broadcast_object, cleanup, init_distributed, set_cpu_threads
 from utils.logging import close_run_log, setup_logging
 from utils.run_dir import RunDirError, make_run_dir
+from utils.signals import stop_on_signals
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ImageError, FileNotFoundError, RunDirError)
 
@@ -106,7 +104,7 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
     from core.train import NonFiniteLossError, NonFiniteWeightsError, Trainer
     try:
         trainer = Trainer(cfg, dist, run_dir, resume=args.ckpt)
-        with _stop_on_signals(trainer):
+        with stop_on_signals(trainer.request_stop):  # utils/signals.py: flags only, repeatable
             trainer.fit()
     except USER_ERRORS:
         raise
@@ -119,35 +117,6 @@ def task_train(cfg, args, dist, run_dir: Path) -> None:
         raise SystemExit(1) from None
     if trainer.interrupted and trainer.stop_signal is not None:
         raise SystemExit(128 + trainer.stop_signal)
-
-
-@contextmanager
-def _stop_on_signals(trainer):
-    """While training, SIGTERM and SIGINT ask the trainer to stop cleanly at the end of the step.
-
-    SIGTERM may come several times (under SLURM both the scheduler and torchrun send it to a rank):
-    each one only repeats the request. A second Ctrl-C (SIGINT) stops at once.
-    """
-    signals = (signal.SIGTERM, signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum, _frame) -> None:
-        # Only flags: a handler that logged could interrupt a log call in progress (loguru refuses
-        # the re-entry and prints "Logging error in Loguru Handler"); the trainer says it instead.
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])
-        trainer.request_stop(signum)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def load_model(cfg, path: str | None, device):

@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from datasets.transforms import resized_hw
-
 _SAMPLER_CHUNK = 4096  # indices turned into Python ints at a time
 
 
@@ -100,8 +98,10 @@ def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int, stride: int
     hw = np.asarray(img_hw, np.int64).reshape(-1, 2)
     order = np.argsort(hw[:, 0] / hw[:, 1], kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    # resized_hw per image: the same rounding as the letterbox itself, so every image fits its canvas
-    resized = np.array([resized_hw((int(h), int(w)), img_size) for h, w in hw], np.int64).reshape(-1, 2)
+    # resized_hw of every image at once: the same float64 product and half-to-even rounding as the
+    # letterbox itself, so every image fits its canvas
+    scale = img_size / hw.max(1, initial=1).astype(np.float64)
+    resized = np.maximum(np.rint(hw * scale[:, None]), 1).astype(np.int64)
     if pad < 0:
         raise ValueError(f"rect pad {pad} must be >= 0 strides")
     tight = [-(-resized[b].max(0) // stride) * stride for b in batches]  # next multiple of the stride

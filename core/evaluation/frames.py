@@ -50,7 +50,7 @@ def unique_names(files: list[Path]) -> list[str]:
     """Output stem of each file: its stem, with _2, _3 ... added to a repeat (a glob or a list may name
     two ``a.jpg`` in different folders; their outputs must not overwrite each other)."""
     used: set[str] = set()
-    names = []
+    names, renamed = [], 0
     for f in files:
         stem = f.stem if is_video(f) else image_stem(f)
         name, k = stem, 1
@@ -59,7 +59,7 @@ def unique_names(files: list[Path]) -> list[str]:
             name = f"{stem}_{k}"
         used.add(name)
         names.append(name)
-    renamed = sum(n != (f.stem if is_video(f) else image_stem(f)) for f, n in zip(files, names))
+        renamed += name != stem
     if renamed:
         logger.warning(f"{renamed} source files repeat the name of an earlier one: their outputs are named "
                        "<stem>_2, <stem>_3 ...")

@@ -17,7 +17,7 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from itertools import islice
 from pathlib import Path
 
@@ -27,18 +27,17 @@ from loguru import logger
 from tqdm import tqdm
 
 from configs.base_config import ConfigError
-from core.evaluation.frames import Frame, count_frames
+from core.evaluation.evaluator import infer
+from core.evaluation.frames import Frame
 from core.evaluation.live import shown_url
-from core.evaluation.predict_outputs import PredictOutputs, coco_predictions, write_yolo_txt
+from core.evaluation.predict_outputs import PredictOutputs
 from core.evaluation.sources import open_source
 from datasets.dataset import to_input
 from datasets.loaders import build_loader
 from datasets.transforms import boxes_from_letterbox, letterbox
 from models.postprocess import postprocess
 from utils.model_info import model_device
-
-__all__ = ["Predictor", "load_class_names", "count_frames", "coco_predictions", "write_yolo_txt",
-           "stop_on_signals"]
+from utils.signals import stop_on_signals
 
 
 def load_class_names(path: str, num_classes: int) -> list[str]:
@@ -76,39 +75,14 @@ def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
 
 
 class StopFlag(threading.Event):
-    """Set by a stop signal; ``signum`` is the signal (None before one came)."""
+    """Set by a stop signal (``request``, handed to ``utils.signals.stop_on_signals``); ``signum`` is
+    the signal (None before one came)."""
 
     signum: int | None = None
 
-
-@contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    """A flag that SIGTERM and SIGINT set while the block runs, so an endless stream ends cleanly.
-
-    A second Ctrl-C stops at once (the handler in place before, KeyboardInterrupt by default). Off the
-    main thread (where handlers cannot be set) the flag is never set by a signal.
-    """
-    flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.getsignal(s) for s in signals}
-
-    def handler(signum, _frame) -> None:
-        # Only flags: logging from a handler could re-enter a log call in progress.
-        if signum == signal.SIGINT:
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])
-        flag.signum = signum
-        flag.set()
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    def request(self, signum: int) -> None:
+        self.signum = signum
+        self.set()
 
 
 class Predictor:
@@ -133,7 +107,7 @@ class Predictor:
         size, p = self.cfg.data.img_size, self.cfg.predict
         boxed = [letterbox(im, size) for im in images]
         x = to_input(torch.from_numpy(np.stack([lb for lb, _, _ in boxed])).permute(0, 3, 1, 2), self.device)
-        boxes, scores = self.model.decode(self.model(x), (size, size))
+        boxes, scores = infer(self.model, x, self.cfg.train)  # as validation: the training's autocast
         dets = postprocess(boxes, scores, p.conf_thres, p.nms_iou, p.max_det, agnostic=p.agnostic_nms)
         return [{"boxes": boxes_from_letterbox(d["boxes"].cpu().numpy(), scale, pad, im.shape[:2]),
                  "scores": d["scores"].cpu().numpy(), "labels": d["labels"].cpu().numpy()}
@@ -152,7 +126,8 @@ class Predictor:
         total = src.count(p.video_stride)
         if p.max_frames:
             total = p.max_frames if total is None else min(total, p.max_frames)
-        with PredictOutputs(out_dir, self.names, self.cat_ids, p) as out, stop_on_signals() as stop, \
+        stop = StopFlag()
+        with PredictOutputs(out_dir, self.names, self.cat_ids, p) as out, stop_on_signals(stop.request), \
                 closing(src.frames(self.loader, p.video_stride, stop)) as frames, \
                 tqdm(total=total, desc="predict", unit="img") as bar:
             for batch in _batches(islice(frames, p.max_frames or None), p.batch_size):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from loguru import logger
 
+from datasets import build_records
 from datasets.records import RecordTable
 from models import assign_method, build_assigner_for, scaled_anchors
 from models.anchor_fit import AnchorFit, evaluate, fit_anchors
@@ -48,10 +49,13 @@ def family_anchors(cfg) -> np.ndarray:
     return np.array(NETS[cfg.model.name].ANCHORS, dtype=np.float64)
 
 
-def resolve_anchors(cfg, records: RecordTable) -> None:
-    """Replace ``cfg.model.anchors == "auto"`` by anchors fitted to ``records`` (the train split)."""
+def resolve_anchors(cfg, records: RecordTable | None = None) -> None:
+    """Replace ``cfg.model.anchors == "auto"`` by anchors fitted to ``records`` (the train split; None:
+    built here, only when there is something to fit)."""
     if cfg.model.anchors != "auto":
         return
+    if records is None:
+        records = build_records(cfg, "train")[0]
     own = family_anchors(cfg)
     levels, per_level = own.shape[:2]
     wh = box_shapes(records, cfg.data.img_size)

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from core.loaders import build_eval_loader
 from core.train.anchors import resolve_anchors
 from core.weights import load_weights
-from datasets import build_records, resolve_class_names
+from datasets import resolve_class_names
 from datasets.dataset import to_input
 from models import assign_method, build_assigner_for, build_model
 from models.assigners import Predictions
@@ -30,7 +30,7 @@ def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> 
     cfg.eval.batch_size = cfg.debug.batch_size
     loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment, rect=False)  # plots in file order
     if not ckpt:  # a checkpoint's config holds the anchors it was trained with
-        resolve_anchors(cfg, build_records(cfg, "train")[0])
+        resolve_anchors(cfg)
     model = load_weights(cfg, ckpt, dist.device) if ckpt else build_model(cfg).eval()
     assigner = build_assigner_for(cfg)
     # Prediction-aware assigners (task_aligned, simota) see the model's boxes and scores: say whose.

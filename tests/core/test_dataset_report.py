@@ -26,11 +26,12 @@ def test_stats_of_hand_made_records():
     assert [m["file"] for m in s["most_boxes"]] == ["/a.jpg", "/c.jpg", "/b.jpg"]
 
 
-@pytest.mark.parametrize("config, anchored", [("bccd_yolo_r18", True), ("bccd_v9t", False)])
-def test_report_task_writes_the_figure_numbers_and_drawings(tmp_path, config, anchored):
+@pytest.mark.parametrize("config, anchored, net", [("bccd_yolo_r18", True, "yolo"), ("bccd_v9t", False, "v9-t"),
+                                                  ("bccd_v9t", True, "v7")])  # v7: its own anchors
+def test_report_task_writes_the_figure_numbers_and_drawings(tmp_path, config, anchored, net):
     root = make_tiny_voc(tmp_path / "data", n_train=6, n_val=2)
     out = tmp_path / "report"
-    extra = {"debug.mode": "dataset", "data.img_size": 128}
+    extra = {"debug.mode": "dataset", "data.img_size": 128, "model.name": net}
     assert main(["--config", config, "--task", "debug", "--out", str(out)]
                 + tiny_overrides(root, yolo=anchored, **extra)) == 0
     folder = out / "debug" / "dataset"

@@ -14,7 +14,7 @@ import torch
 from configs.base_config import ConfigError
 from core.checks import validate
 from core.evaluation.evaluator import Evaluator
-from core.evaluation.predictor import coco_predictions
+from core.evaluation.predict_outputs import coco_predictions
 from core.loaders import build_eval_loader
 from datasets.crypto import Cipher, encrypt_tree
 from main import main

@@ -12,7 +12,8 @@ import pytest
 import torch
 from tiny_data import make_tiny_voc, tiny_overrides
 
-from core.evaluation.predictor import coco_predictions, count_frames, write_yolo_txt
+from core.evaluation.frames import count_frames
+from core.evaluation.predict_outputs import coco_predictions, write_yolo_txt
 from main import main
 
 PLOTS = ["F1_curve.png", "PR_curve.png", "P_curve.png", "R_curve.png", "confusion_matrix.png"]
