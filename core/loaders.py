@@ -2,6 +2,7 @@
 from datasets.build_dataset)."""
 from __future__ import annotations
 
+from loguru import logger
 from torch.utils.data import DataLoader, Sampler
 
 from configs.base_config import BaseConfig, ConfigError
@@ -49,6 +50,10 @@ def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augme
     if rect and augment:
         raise ConfigError("rectangular batches (eval.rect) take letterboxed images, not augmented ones")
     ds = build_dataset(cfg, split, train=augment, augment=augment, max_images=max_images)
-    return build_dataloader(ds, cfg.eval.batch_size, train=False, rect_stride=max(cfg.model.strides) if rect else 0,
-                            rect_pad=cfg.eval.rect_pad,
-                            **loader_kwargs(cfg, dist))[0]
+    loader = build_dataloader(ds, cfg.eval.batch_size, train=False, rect_stride=max(cfg.model.strides) if rect else 0,
+                              rect_pad=cfg.eval.rect_pad, **loader_kwargs(cfg, dist))[0]
+    if rect:
+        shapes = sorted({f"{h}x{w}" for h, w in ds.canvas_hw.tolist()})
+        logger.info(f"{split} in rectangular batches (eval.rect): {len(loader)} of {-(-len(ds) // cfg.eval.batch_size)} "
+                    f"batches on rank {dist.rank}, canvases (h x w) {', '.join(shapes)}")
+    return loader

@@ -131,6 +131,30 @@ def test_two_nodes_train_and_validate_like_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_with_workers_trains_multi_scale_and_validates_rect_like_one_process(tmp_path):
+    """torchrun, 2 processes x 2 DataLoader workers: multi-scale training and rectangular validation
+    (5 val images in batches of 2: rank 0 takes 2 batches, rank 1 one) finish, and the in-training
+    val equals a 1-process rectangular val of the same checkpoint."""
+    root = make_tiny_voc(tmp_path / "data", n_train=8, n_val=5)
+    train_dir = tmp_path / "train"
+    ov = tiny_overrides(root, **{**FAST, "data.num_workers": 2, "train.epochs": 1, "data.img_size": 256,
+                                 "eval.batch_size": 2, "eval.rect": True, "train.multi_scale": [192, 320]})
+    run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "main.py", "--config", "bccd_yolo_r18",
+                 "--task", "train", "--out", str(train_dir), *ov))
+    assert "world size 2" in (train_dir / "train.log").read_text()
+    # rank 0's share (ranks > 0 log warnings only); rank 1 scores the third batch, or val would miss an image
+    assert ("val in rectangular batches (eval.rect): 2 of 3 batches on rank 0, canvases (h x w) 224x256"
+            in (train_dir / "train.log").read_text())
+    run([sys.executable, "main.py", "--task", "val", "--ckpt", str(train_dir / "last.pth"), "--out",
+         str(tmp_path / "val1"), "data.num_workers=2"])
+    assert "3 of 3 batches on rank 0, canvases (h x w) 224x256" in (tmp_path / "val1" / "val.log").read_text()
+    m1, mt = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "val1", train_dir / "val"))
+    assert m1["num_images"] == mt["num_images"] == 5 and m1["max_det"] == mt["max_det"]
+    for k in ("mAP", "mAP50", "mAP75", "AR1", "AR10", "AR100"):
+        assert m1[k] == mt[k], k
+
+
+@pytest.mark.slow
 def test_torch_distributed_launch_passes_local_rank(tmp_path):
     root = make_tiny_voc(tmp_path / "data", n_train=4, n_val=2)
     p = run([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=1", f"--master_port={free_port()}",
