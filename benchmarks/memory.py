@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
     cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     trainer = Trainer(cfg, cpu, work / "run")
     recorder = RssRecorder()
-    trainer.tb.attach_wandb(recorder)
+    trainer.report.tb.attach_wandb(recorder)
     trainer.fit()
     rss = recorder.rss_mb
     if len(rss) < 2:

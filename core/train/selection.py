@@ -52,6 +52,17 @@ class Selection:
         """The run ended early at ``epoch`` and a resume must not train on (patience unchanged)."""
         return bool(self.stop_reason) and self.patience > 0 and epoch - self.best_epoch >= self.patience
 
+    def finished(self, epoch: int, epochs: int) -> str:
+        """Why a run at ``epoch`` has nothing left to train ("" = it has): all ``epochs`` done, or
+        stopped early with the patience unchanged."""
+        if epoch >= epochs:
+            return (f"this run already trained {epoch} of {epochs} epochs; pass train.epochs=N (N > {epoch}) "
+                    "to extend it")
+        if self.stopped(epoch):
+            return (f"this run stopped early after epoch {epoch}: {self.stop_reason}; pass a larger "
+                    "train.patience (or 0) to continue it")
+        return ""
+
     def line(self, verdict: Verdict, epoch: int) -> str:
         """The log line of a verdict: the score, the best, and the early-stopping count."""
         text = f"{self.monitor} {verdict.score:.4f}: " + (

@@ -1,5 +1,6 @@
-"""Saving and restoring a training run: RNG states of every rank, the resume config check, and
-weight transfer from another checkpoint (``train.init_weights``)."""
+"""Saving and restoring a training run: RNG states of every rank, the finite-weights gate before a
+save, the resume config check and state loading, and weight transfer from another checkpoint
+(``train.init_weights``)."""
 from __future__ import annotations
 
 import io
@@ -13,11 +14,27 @@ from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_matching,
+    non_finite_tensors,
     preferred_weights,
     rng_state,
+    set_rng_state,
     sibling_checkpoints,
 )
 from utils.dist import DistInfo, all_gather_object
+
+
+class NonFiniteWeightsError(FloatingPointError):
+    """The weights hold NaN/Inf; nothing is saved over the last finite checkpoints."""
+
+
+def check_finite_weights(model: nn.Module, ema: nn.Module | None, step: int) -> None:
+    """Raise NonFiniteWeightsError when the model or its EMA holds NaN/Inf (before any save)."""
+    bad = non_finite_tensors(model.state_dict(), "model.")
+    if ema is not None:
+        bad += non_finite_tensors(ema.state_dict(), "ema.")
+    if bad:
+        raise NonFiniteWeightsError(f"the weights became non-finite by step {step} ({len(bad)} tensors, e.g. "
+                                    f"{bad[:3]}); nothing saved, so last.pth and best.pth keep the last finite weights")
 
 
 def gather_rng_states(dist: DistInfo) -> list[dict]:
@@ -42,6 +59,25 @@ def rank_rng(rngs, dist: DistInfo) -> dict | None:
     return rngs[dist.rank] if dist.rank < len(rngs) else None
 
 
+def epoch_batches(loader, sampler, epoch: int, start: int, rng: dict | None):
+    """The train loader's iterator for ``epoch``, from batch ``start`` (the batches a resumed epoch
+    already trained are skipped by the sampler's set_start, without loading them).
+
+    ``rng`` (the state saved with the position, or None) is restored where the uninterrupted run
+    had it: before the iterator at an epoch boundary, after it mid-epoch.
+    """
+    sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    if start == 0 and rng is not None:
+        set_rng_state(rng)
+    if start:
+        sampler.set_start(start * loader.batch_size)
+    batches = iter(loader)
+    if start and rng is not None:
+        set_rng_state(rng)
+    return batches
+
+
 def load_for_resume(path: str) -> dict:
     """The checkpoint to resume; an unreadable one names the other checkpoints of its run."""
     try:
@@ -50,6 +86,18 @@ def load_for_resume(path: str) -> dict:
         others = sibling_checkpoints(path)
         offer = f"; other checkpoints of this run: {', '.join(others)} (pass one with --ckpt)" if others else ""
         raise CheckpointError(f"{e}{offer}") from None
+
+
+def load_states(path: str, ckpt: dict, model: nn.Module, ema, optimizer) -> None:
+    """The weights, EMA (when both sides have one) and optimizer state of a resumed checkpoint."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its state does not fit this run's model or optimizer "
+                              f"({str(e).splitlines()[0]})") from None
 
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple]:

@@ -3,7 +3,7 @@
 The pieces it wires live in their own units: the step with accumulation, clipping, EMA and the
 non-finite guard (core/train/step.py), best / top-K / early stopping (selection.py), freezing
 (freezing.py), stop requests and in-epoch saves agreed by all ranks (control.py), RNG states,
-resume checks and weight transfer (state.py).
+resume checks and weight transfer (state.py), logs, TensorBoard and run_info.json (reporting.py).
 
 Survival: a stop request (SIGTERM/SIGINT, wired in core/tasks.py) ends the run at the next
 optimizer-step boundary with last.pth holding the mid-epoch position and the RNG state of every
@@ -26,25 +26,30 @@ from core.loaders import build_eval_loader, build_train_loader
 from core.train.anchors import resolve_anchors
 from core.train.control import RunControl
 from core.train.freezing import FreezeSchedule
+from core.train.reporting import RunReport
 from core.train.selection import Selection
-from core.train.state import check_resume_config, gather_rng_states, load_for_resume, rank_rng, transfer_weights
+from core.train.state import (
+    check_finite_weights,
+    check_resume_config,
+    epoch_batches,
+    gather_rng_states,
+    load_for_resume,
+    load_states,
+    rank_rng,
+    transfer_weights,
+)
 from core.train.step import TrainStep
 from datasets import resolve_class_names
 from models import build_loss, build_model
-from utils.checkpoint import CheckpointError, non_finite_tensors, remove_stale_tmp, save_checkpoint, set_rng_state
+from utils.checkpoint import remove_stale_tmp, save_checkpoint
 from utils.dist import DistInfo, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
 from utils.files import write_json_atomic
-from utils.logging import TBWriter, WandbWriter, check_wandb, epoch_summary, flatten_scalars, memory_scalars
 from utils.memory import release_free_memory
 from utils.model_info import count_params, gflops, model_summary
 from utils.optim import accumulation_steps, build_optimizer
-from utils.run_info import RunRecord, end_status, failure_status, flatten_config, hparam_metrics
+from utils.run_info import end_status, failure_status
 from utils.scheduler import build_scheduler
-
-
-class NonFiniteWeightsError(FloatingPointError):
-    """The weights hold NaN/Inf; nothing is saved over the last finite checkpoints."""
 
 
 class Trainer:
@@ -61,8 +66,7 @@ class Trainer:
         t = cfg.train
         if dist.is_main:  # the settings as given ("auto" anchors unresolved): what --task compare reads
             write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
-        if t.wandb:
-            check_wandb(cfg)  # a bad mode or a missing package fails now, not after the first epoch
+        self.report = RunReport(cfg, dist, self.run_dir)  # logs, TensorBoard (W&B), run_info.json
         seed_everything(t.seed, dist.rank, t.deterministic)
         resolve_class_names(cfg)  # before the model: the class count comes from the data
         validate(cfg)  # again: the class names found in the data are part of the config now
@@ -89,9 +93,6 @@ class Trainer:
         self.freeze = FreezeSchedule(self.model, t.freeze, t.freeze_epochs)
         self.selection = Selection(self.run_dir, t.monitor, t.patience, t.min_delta, t.save_top_k)
         self.evaluator = Evaluator(cfg, self.val_loader.dataset.records, dist)
-        self.tb = TBWriter(self.run_dir / "tb" if dist.is_main else None)
-        if t.wandb and dist.is_main:
-            self.tb.attach_wandb(WandbWriter(self.run_dir, cfg))
         # The position: epochs done and batches of the current epoch done (iterations: stepper.step).
         self.epoch, self.epoch_iter, self._epoch_sums = 0, 0, {}
         self.control = RunControl(dist, t.save_interval_min)  # stop requests and in-epoch saves
@@ -103,9 +104,8 @@ class Trainer:
             remove_stale_tmp(self.run_dir)
         if resume:
             self.resume(resume)
-        self.record = RunRecord(self.run_dir if dist.is_main else None)  # run_info.json, epochs.jsonl
         if dist.is_main:
-            self.record.start(epochs_planned=t.epochs, epochs_done=self.epoch, world_size=dist.world_size,
+            self.report.record.start(epochs_planned=t.epochs, epochs_done=self.epoch, world_size=dist.world_size,
                               resumed_from=resume, **self.model_size)
 
     # The step's state, under the names the loop and its tests read.
@@ -124,21 +124,16 @@ class Trainer:
         try:
             metrics = self._fit(stop_after_epoch)
         except BaseException as e:
-            self.record.finish(*failure_status(e))
+            self.report.record.finish(*failure_status(e))
             raise
-        self.record.finish(*end_status(self.epoch, self.cfg.train.epochs, self.stop_signal, self.interrupted,
+        self.report.record.finish(*end_status(self.epoch, self.cfg.train.epochs, self.stop_signal, self.interrupted,
                                        self.selection.stop_reason))
         return metrics
 
     def _fit(self, stop_after_epoch: int | None) -> dict:
         cfg, sel = self.cfg, self.selection
-        if self.epoch >= cfg.train.epochs:
-            logger.warning(f"this run already trained {self.epoch} of {cfg.train.epochs} epochs; "
-                           f"pass train.epochs=N (N > {self.epoch}) to extend it")
-            return self.last_metrics
-        if sel.stopped(self.epoch):
-            logger.warning(f"this run stopped early after epoch {self.epoch}: {sel.stop_reason}; pass a "
-                           f"larger train.patience (or 0) to continue it")
+        if done := sel.finished(self.epoch, cfg.train.epochs):
+            logger.warning(done)
             return self.last_metrics
         sel.stop_reason = ""
         where = f", from iteration {self.epoch_iter} of epoch {self.epoch + 1}" if self.epoch_iter else ""
@@ -160,17 +155,10 @@ class Trainer:
                 self.last_metrics = self.validate()
                 verdict = sel.update(self.epoch, self.last_metrics.get(cfg.train.monitor, float("nan")), last)
             saved = self.save(verdict)
-            self.record.epoch(epoch=self.epoch, losses=losses, lr=self.optimizer.param_groups[0]["lr"],
-                              seconds=time.time() - t0, images_total=self.train_images * self.dist.world_size,
-                              train_seconds_total=self.train_seconds, metrics=self.last_metrics if verdict else None)
             release_free_memory()  # cycles left by validation; freed heap back to the OS
-            self.tb.add_scalars({f"epoch/{k}": v for k, v in losses.items()} | memory_scalars(self.device), self.epoch)
-            best = (verdict.best_before, verdict.best_epoch_before) if verdict else (sel.best, sel.best_epoch)
-            logger.info(epoch_summary(self.epoch, cfg.train.epochs, time.time() - t0, losses,
-                                      verdict.score if verdict else None, best[0], best[1] or None,
-                                      bool(verdict and verdict.improved), saved, cfg.train.monitor))
-            if verdict is not None and (cfg.train.monitor != "mAP" or cfg.train.patience > 0):
-                logger.info(sel.line(verdict, self.epoch))
+            self.report.epoch(self.epoch, time.time() - t0, losses, self.optimizer.param_groups[0]["lr"], verdict,
+                              sel, saved, images_total=self.train_images * self.dist.world_size,
+                              train_seconds=self.train_seconds, metrics=self.last_metrics)
             if sel.stop_reason:
                 logger.warning(f"early stopping after epoch {self.epoch}: {sel.stop_reason}")
                 break
@@ -179,18 +167,17 @@ class Trainer:
                 break
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
-        # The settings with the results, for TensorBoard's HParams tab (rank 0's writer; others no-op).
-        self.tb.add_hparams(flatten_config(cfg.to_dict()), hparam_metrics(
-            cfg.train.monitor, sel.best, sel.best_epoch, self.last_metrics, self.epoch), self.epoch)
-        self.tb.close()
+        self.report.close(sel, self.last_metrics, self.epoch)
         return self.last_metrics
 
     def train_one_epoch(self, epoch: int) -> dict:
         """Train the (remaining) batches of ``epoch``; returns the epoch's mean loss terms."""
         self.freeze.train_mode()
-        batches, sums = self._batches(epoch), self._epoch_sums
+        batches = epoch_batches(self.train_loader, self.train_sampler, epoch, self.epoch_iter, self._pending_rng)
+        sums, self._pending_rng = self._epoch_sums, None
         t0 = time.perf_counter()
-        bar = tqdm(total=self.iters_per_epoch, initial=self.epoch_iter, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+        bar = tqdm(total=self.iters_per_epoch, initial=self.epoch_iter,
+                   desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
         for images, targets, _ in batches:
             parts = self.train_step(images, targets, flush=self.epoch_iter == self.iters_per_epoch - 1)
@@ -202,7 +189,7 @@ class Trainer:
             bar.update()
             bar.set_postfix({**{k: f"{v / self.epoch_iter:.3f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
             if self.step % self.cfg.train.log_interval == 0:
-                self.tb.add_scalars({f"train/{k}": v for k, v in parts.items()} | {"train/lr": lr}, self.step)
+                self.report.step(self.step, parts, lr)
             stop, save_due = self.control.poll()  # agreed by every rank
             if self.step != self.last_opt_step:  # an accumulated gradient is pending: not a boundary
                 continue
@@ -222,28 +209,6 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, flush: bool = False) -> dict[str, float]:
         """One iteration (core/train/step.py): the loss terms, or {} for a skipped step."""
         return self.stepper(images, targets, flush)
-
-    def _batches(self, epoch: int):
-        """The train loader's iterator for ``epoch``, past the batches a resumed epoch already trained.
-
-        The RNG state saved with the position is restored where the uninterrupted run had it: before
-        the iterator at an epoch boundary, after it mid-epoch. The samplers (set_start) skip the
-        trained batches without loading them.
-        """
-        self.train_sampler.set_epoch(epoch)
-        self.train_loader.dataset.set_epoch(epoch)
-        if self.epoch_iter == 0:
-            self._restore_rng()
-            return iter(self.train_loader)
-        self.train_sampler.set_start(self.epoch_iter * self.train_loader.batch_size)
-        batches = iter(self.train_loader)
-        self._restore_rng()
-        return batches
-
-    def _restore_rng(self) -> None:
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
 
     # -- stopping -----------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -267,7 +232,7 @@ class Trainer:
         """Score the EMA (or raw) model on the val split; rank 0 shows the dashboard, writes run_dir/val."""
         out = self.run_dir / "val" if self.dist.is_main else None
         metrics = self.evaluator.run(self.eval_model(), self.val_loader, out, epoch=self.epoch)
-        self.tb.add_scalars(flatten_scalars(metrics, "val"), self.epoch)
+        self.report.validation(self.epoch, metrics)
         if self.dist.is_main:
             best_before = max((h["mAP"] for h in self.evaluator.history or [] if h["epoch"] < self.epoch), default=-1.0)
             self.evaluator.show(metrics, out, epoch=self.epoch, total_epochs=self.cfg.train.epochs,
@@ -295,13 +260,7 @@ class Trainer:
         Raises:
             NonFiniteWeightsError: the model or EMA holds NaN/Inf; the files on disk are left as they are.
         """
-        bad = non_finite_tensors(unwrap(self.model).state_dict(), "model.")
-        if self.ema is not None:
-            bad += non_finite_tensors(self.ema.ema.state_dict(), "ema.")
-        if bad:
-            raise NonFiniteWeightsError(f"the weights became non-finite by step {self.step} ({len(bad)} "
-                                        f"tensors, e.g. {bad[:3]}); nothing saved, so last.pth and best.pth "
-                                        "keep the last finite weights")
+        check_finite_weights(unwrap(self.model), self.ema.ema if self.ema is not None else None, self.step)
         rngs = gather_rng_states(self.dist)
         if not self.dist.is_main:
             return []
@@ -322,14 +281,7 @@ class Trainer:
         state, top-K ranking and this rank's RNG state."""
         ckpt = load_for_resume(path)
         check_resume_config(path, ckpt["config"], self.cfg.to_dict())
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            if self.ema is not None and ckpt.get("ema"):
-                self.ema.load_state_dict(ckpt["ema"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: its state does not fit this run's model or optimizer "
-                                  f"({str(e).splitlines()[0]})") from None
+        load_states(path, ckpt, self.model, self.ema, self.optimizer)
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.stepper.load_state_dict(ckpt)
         self.selection.load_state_dict(ckpt)
