@@ -124,7 +124,8 @@ class CocoParser(Parser):
                                    f"{im['file_name']!r})")
             names[img_id] = im["file_name"]
             images[img_id] = RawItem(file=self._image_path(path, im["file_name"]), ann_file=path,
-                                     declared_hw=_declared_hw(im))
+                                     declared_hw=_declared_hw(im),
+                                     source_id=img_id if isinstance(img_id, int) and img_id >= 0 else None)
         seen_ann: set = set()
         for ann in data.get("annotations", []):
             self._add_annotation(path, ann, images, cats, seen_ann, notes)

@@ -47,7 +47,8 @@ from datasets.records import RecordTable
 from datasets.scan import DatasetError, ScanReport
 from utils.files import write_bytes_atomic
 
-CACHE_VERSION = 2  # 2: RecordTable arrays and array file stats (1 held one JSON entry per file)
+CACHE_VERSION = 3  # 3: records keep the dataset's image ids; 2: RecordTable arrays and array file stats
+# (1 held one JSON entry per file)
 _AAD = b"labels"
 _STARTED_NS = time.time_ns()  # when this process started using caches
 

@@ -33,6 +33,9 @@ class Record:
         boxes: [n, 4] float32 xyxy, absolute pixels, 0-based pixel edges (0..w, 0..h).
         labels: [n] int64 class indices in 0..nc-1.
         ignore: [m, 4] float32 xyxy ignore regions (e.g. VOC difficult objects), pixels.
+        source_id: the dataset's own id of the image (a COCO json's integer ``id``), -1 = none.
+            Exported files (predictions.json, ground_truth.json) carry it; everything inside the
+            repo uses ``image_id``.
     """
 
     image_id: int
@@ -41,12 +44,14 @@ class Record:
     boxes: np.ndarray = field(default_factory=_empty_boxes)
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
     ignore: np.ndarray = field(default_factory=_empty_boxes)
+    source_id: int = -1
 
     def __eq__(self, other: object) -> bool:
         """Equal values (arrays compared element-wise, not by identity)."""
         if not isinstance(other, Record):
             return NotImplemented
         return (int(self.image_id) == int(other.image_id) and str(self.file) == str(other.file)
+                and int(self.source_id) == int(other.source_id)
                 and tuple(self.img_hw) == tuple(other.img_hw)
                 and np.array_equal(np.reshape(self.boxes, (-1, 4)), np.reshape(other.boxes, (-1, 4)))
                 and np.array_equal(np.reshape(self.labels, -1), np.reshape(other.labels, -1))
@@ -80,6 +85,8 @@ class RecordTable(Sequence):
         ignore_offsets: [n + 1] int64. ignore: [M, 4] float32 xyxy pixels.
         file_offsets: [n + 1] int64. file_bytes: [F] uint8, the file names ``os.fsencode``d back
             to back (any name the file system allows survives the round trip).
+        source_ids: [n] int64, the dataset's own image ids (``Record.source_id``; -1 = none;
+            default all -1).
     Arrays are read-only: every view handed out shares them.
     """
 
@@ -92,12 +99,15 @@ class RecordTable(Sequence):
     ignore: np.ndarray
     file_offsets: np.ndarray
     file_bytes: np.ndarray
+    source_ids: np.ndarray | None = None
 
     _DTYPES = {"image_ids": np.int64, "img_hw": np.int64, "box_offsets": np.int64, "boxes": np.float32,
                "labels": np.int64, "ignore_offsets": np.int64, "ignore": np.float32,
-               "file_offsets": np.int64, "file_bytes": np.uint8}
+               "file_offsets": np.int64, "file_bytes": np.uint8, "source_ids": np.int64}
 
     def __post_init__(self) -> None:
+        if self.source_ids is None:
+            self.source_ids = np.full(len(self.image_ids), -1, np.int64)
         for name, dtype in self._DTYPES.items():
             a = np.ascontiguousarray(getattr(self, name), dtype=dtype)
             a.flags.writeable = False
@@ -110,9 +120,10 @@ class RecordTable(Sequence):
                                 (self.file_offsets, len(self.file_bytes), "file_bytes")):
             if len(off) != n + 1 or off[0] != 0 or off[-1] != rows or np.any(np.diff(off) < 0):
                 raise ValueError(f"RecordTable: offsets of {what} do not split {rows} rows over {n} images")
-        if len(self.img_hw) != n or len(self.labels) != len(self.boxes):
+        if len(self.img_hw) != n or len(self.source_ids) != n or len(self.labels) != len(self.boxes):
             raise ValueError(f"RecordTable: {n} images but {len(self.img_hw)} img_hw rows; "
-                             f"{len(self.boxes)} boxes but {len(self.labels)} labels")
+                             f"{len(self.boxes)} boxes but {len(self.labels)} labels; "
+                             f"{len(self.source_ids)} source ids")
 
     # -- building ---------------------------------------------------------------------
     @classmethod
@@ -131,7 +142,8 @@ class RecordTable(Sequence):
                    ignore_offsets=_offsets(np.array([len(b) for b in ignore], np.int64)),
                    ignore=np.concatenate([_empty_boxes(), *ignore]),
                    file_offsets=_offsets(np.array([len(b) for b in names], np.int64)),
-                   file_bytes=np.frombuffer(b"".join(names), np.uint8))
+                   file_bytes=np.frombuffer(b"".join(names), np.uint8),
+                   source_ids=np.array([int(r.source_id) for r in records], np.int64))
 
     @classmethod
     def coerce(cls, records: RecordTable | Iterable[Record]) -> RecordTable:
@@ -145,7 +157,7 @@ class RecordTable(Sequence):
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> RecordTable:
         """Inverse of ``to_arrays`` (e.g. on an ``np.load(..., allow_pickle=False)`` archive)."""
-        return cls(**{f.name: arrays[prefix + f.name] for f in fields(cls)})
+        return cls(**{f.name: arrays[prefix + f.name] for f in fields(cls) if prefix + f.name in arrays})
 
     # -- reading ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -177,7 +189,8 @@ class RecordTable(Sequence):
             g0, g1 = self.ignore_offsets[i], self.ignore_offsets[i + 1]
             return Record(image_id=int(self.image_ids[i]), file=self.file(i),
                           img_hw=(int(self.img_hw[i, 0]), int(self.img_hw[i, 1])), boxes=self.boxes[b0:b1],
-                          labels=self.labels[b0:b1], ignore=self.ignore[g0:g1])
+                          labels=self.labels[b0:b1], ignore=self.ignore[g0:g1],
+                          source_id=int(self.source_ids[i]))
         return self.subset(index)
 
     def __iter__(self) -> Iterator[Record]:
@@ -195,7 +208,7 @@ class RecordTable(Sequence):
         ign_off, ignore = _gather(self.ignore_offsets, self.ignore, idx)
         file_off, file_bytes = _gather(self.file_offsets, self.file_bytes, idx)
         return RecordTable(self.image_ids[idx], self.img_hw[idx], box_off, boxes, labels, ign_off, ignore,
-                           file_off, file_bytes)
+                           file_off, file_bytes, self.source_ids[idx])
 
     @property
     def nbytes(self) -> int:

@@ -64,6 +64,7 @@ class RawItem:
     objects: list[RawObject] = field(default_factory=list)
     missing_annotation: bool = False
     error: str | None = None
+    source_id: int | None = None  # the dataset's own integer image id (COCO json), if it has one
 
 
 @dataclass
@@ -214,8 +215,8 @@ def _build_record(it: RawItem, img_hw: tuple[int, int], name_to_id: dict[str, in
     ign_arr, _ = _dedupe(ignores, [-1] * len(ignores), counts)
     counts["boxes"] += len(box_arr)
     counts["ignore_regions"] += len(ign_arr)
-    return Record(image_id=0, file=str(it.file), img_hw=img_hw, boxes=box_arr,
-                  labels=lab_arr, ignore=ign_arr)
+    return Record(image_id=0, file=str(it.file), img_hw=img_hw, boxes=box_arr, labels=lab_arr, ignore=ign_arr,
+                  source_id=-1 if it.source_id is None else int(it.source_id))
 
 
 def _check_size(it: RawItem, img_hw: tuple[int, int], counts: Counter) -> None:

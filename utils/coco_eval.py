@@ -110,6 +110,31 @@ def records_to_coco_gt(records: Sequence[Any], class_names: Sequence[str],
     }
 
 
+def with_source_image_ids(gt: dict, results: CocoResults, image_ids: np.ndarray,
+                          source_ids: np.ndarray) -> tuple[dict, CocoResults] | None:
+    """``gt`` and ``results`` with every image id replaced by the dataset's own id of the image
+    (``RecordTable.source_ids``), so predictions.json scores against the original annotation file
+    (e.g. instances_val2017.json) and can be submitted as it is.
+
+    None when some image has no id of its own (VOC and YOLO-txt data: -1) or two images share one
+    (several json files with overlapping ids): the files then keep the split positions 1..N.
+    Raises ValueError when a result names an image that is not among ``image_ids``.
+    """
+    image_ids, source_ids = np.asarray(image_ids, np.int64), np.asarray(source_ids, np.int64)
+    if not len(source_ids) or (source_ids < 0).any() or len(np.unique(source_ids)) != len(source_ids):
+        return None
+    order = np.argsort(image_ids, kind="stable")
+    known, own = image_ids[order], source_ids[order]
+    pos = np.searchsorted(known, results.image_id).clip(max=len(known) - 1)
+    if len(pos) and not np.array_equal(known[pos], results.image_id):
+        bad = int(results.image_id[np.flatnonzero(known[pos] != results.image_id)[0]])
+        raise ValueError(f"a result has image_id {bad}, which is not an image of the ground truth")
+    lookup = dict(zip(image_ids.tolist(), source_ids.tolist()))
+    mapped_gt = {**gt, "images": [{**im, "id": lookup[im["id"]]} for im in gt["images"]],
+                 "annotations": [{**a, "image_id": lookup[a["image_id"]]} for a in gt["annotations"]]}
+    return mapped_gt, CocoResults(own[pos], results.category_id, results.bbox, results.score)
+
+
 def _check_boxes(boxes_xyxy: np.ndarray, file: str, field: str) -> np.ndarray:
     """[N, 4] xyxy -> [N, 4] xywh; a non-finite or empty box is a clear error (bad val data)."""
     xywh = _xyxy_to_xywh(boxes_xyxy)

@@ -35,7 +35,7 @@ from datasets.records import RecordTable
 from datasets.transforms import boxes_from_letterbox
 from models.postprocess import postprocess
 from utils.amp import autocast_for, fp32
-from utils.coco_eval import coco_evaluate, records_to_coco_gt, write_results_json
+from utils.coco_eval import coco_evaluate, records_to_coco_gt, with_source_image_ids, write_results_json
 from utils.coco_results import CocoResults
 from utils.detections import Detections
 from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
@@ -95,6 +95,7 @@ class Evaluator:
         self.cat_ids = cfg.coco_category_ids()  # results and ground truth keep the dataset's ids
         self.num_images_total = len(records) if num_images_total is None else int(num_images_total)
         self._gt: dict | None = None  # COCO ground truth, built once on first scoring
+        self._warned_ids = False  # the "json files share image ids" warning, said once
         self.history: list[dict] | None = None  # per-epoch scalars, loaded from out_dir on first scoring
         self.seconds: float | None = None  # duration of the last metric computation
 
@@ -214,8 +215,9 @@ class Evaluator:
         e = self.cfg.eval
         if e.save_json:
             write_json_atomic(out_dir / "metrics.json", metrics)
+            gt, results = self._exported(results)
             write_results_json(out_dir / "predictions.json", results)
-            write_json_atomic(out_dir / "ground_truth.json", self._gt)
+            write_json_atomic(out_dir / "ground_truth.json", gt)
         if self.history is not None:
             write_json_atomic(out_dir / "history.json", self.history)
         if e.plots:
@@ -227,6 +229,20 @@ class Evaluator:
             plot_confusion_matrix(conf["matrix"], conf["labels"], plot_dir / "confusion_matrix.png",
                                   title=cm_title)
             plot_metric_curves(curves, self.class_names, plot_dir, title=title)
+
+
+    def _exported(self, results: CocoResults) -> tuple[dict, CocoResults]:
+        """Ground truth and results as the files hold them: under the dataset's own image ids (a COCO
+        json's), so predictions.json scores against the original annotation file; split positions
+        when the data has no such ids (VOC, YOLO txt) or its json files share ids."""
+        mapped = with_source_image_ids(self._gt, results, self.records.image_ids, self.records.source_ids)
+        if mapped is None:
+            if not self._warned_ids and (self.records.source_ids >= 0).any():
+                self._warned_ids = True
+                logger.warning("the val json files share image ids: predictions.json and ground_truth.json "
+                               "number the images 1..N in split order instead")
+            return self._gt, results
+        return mapped
 
 
 def infer(net, images: Tensor, train_cfg) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,6 @@
 """--task val and --task predict read images with the configured loader and cache: an encrypted
 copy of a tiny COCO dataset scores and predicts exactly like the plain one. The dataset's own
-(non-contiguous) COCO category ids survive into every exported json."""
+(non-contiguous) COCO category ids and its image ids survive into every exported json."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from loguru import logger
 
 from configs.base_config import ConfigError
+from configs.validation import METRIC_KEYS
 from core.checks import validate
 from core.evaluation.evaluator import Evaluator
 from core.evaluation.predict_outputs import coco_predictions
@@ -25,6 +27,7 @@ from tests.datasets.three_formats import (
     default_items,
     write_coco,
 )
+from utils.coco_eval import coco_evaluate
 from utils.dist import DistInfo
 
 ENV = "YOLO_TEST_EVAL_IDS_KEY"
@@ -65,7 +68,7 @@ def test_val_on_encrypted_copy_equals_plain_and_caches_only_the_subset(trained):
     assert (rc_plain, rc_enc) == (0, 0)
     preds = json.loads((enc / "predictions.json").read_text())
     assert preds and preds == json.loads((plain / "predictions.json").read_text())
-    assert {p["image_id"] for p in preds} == {1}  # eval.max_images=1: the first val image only
+    assert {p["image_id"] for p in preds} == {100}  # eval.max_images=1: the first val image only (json id 100)
     metrics = json.loads((enc / "metrics.json").read_text())
     assert (metrics["num_images"], metrics["num_images_total"]) == (1, 2)
     # the subset has its own image cache; the whole val split was neither decoded nor cached
@@ -82,13 +85,15 @@ def test_val_exports_keep_the_datasets_category_ids(trained):
     gt = json.loads((out / "ground_truth.json").read_text())
     assert gt["categories"] == [{"id": c, "name": n} for c, n in zip(CAT_IDS, NAMES)]
     source = json.loads((tmp / "plain" / "annotations" / "instances_val.json").read_text())
-
-    def objects(coco: dict) -> list[tuple]:  # (file, category id, bbox): image ids are numbered apart
-        files = {im["id"]: im["file_name"] for im in coco["images"]}
-        return sorted((files[a["image_id"]], a["category_id"], [float(v) for v in a["bbox"]])
-                      for a in coco["annotations"])
-
-    assert objects(gt) == objects(source)
+    assert gt["images"] == source["images"]  # the json's own image ids (100, 101), names and sizes
+    assert [(a["image_id"], a["category_id"], a["bbox"], a["iscrowd"]) for a in gt["annotations"]] == \
+        [(a["image_id"], a["category_id"], [float(v) for v in a["bbox"]], a["iscrowd"]) for a in source["annotations"]]
+    assert {p["image_id"] for p in preds} <= {100, 101}
+    # predictions.json scores against the original annotation file exactly as the run scored it
+    metrics = json.loads((out / "metrics.json").read_text())
+    for backend in ("pycocotools", "faster_coco_eval"):
+        again = coco_evaluate(source, preds, list(NAMES), backend=backend)
+        assert [again[k] for k in METRIC_KEYS] == pytest.approx([metrics[k] for k in METRIC_KEYS], abs=1e-12)
     per_class = json.loads((out / "metrics.json").read_text())["per_class"]
     assert [(c["name"], c["category_id"]) for c in per_class] == list(zip(NAMES, CAT_IDS))
 
@@ -136,6 +141,32 @@ def test_evaluator_scores_perfect_detections_under_the_datasets_ids(tmp_path):
     assert metrics["mAP"] == pytest.approx(1.0)
     results = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert sorted(p["category_id"] for p in results) == [3, 7, 11]  # one box of each class in val
+    source = json.loads((root / "annotations" / "instances_val.json").read_text())
+    assert coco_evaluate(source, results, list(NAMES))["mAP"] == pytest.approx(1.0)
+
+
+def test_image_ids_shared_by_two_val_jsons_fall_back_to_positions(tmp_path):
+    """Two val json files with the same image ids: the files number the images 1..N (one warning)
+    instead of exporting two images under one id."""
+    root = write_coco(tmp_path / "coco", default_items())
+    (root / "val" / "copy.json").write_text((root / "annotations" / "instances_val.json").read_text())
+    cfg = cfg_for(root, "coco", tmp_path / "cache", class_names=list(NAMES), category_ids=list(CAT_IDS),
+                  val_sets=["annotations/instances_val.json", "val/copy.json"])
+    cfg.eval.plots = False
+    records = build_eval_loader(cfg, CPU).dataset.records
+    assert records.source_ids.tolist() == [100, 101, 100, 101] and records.image_ids.tolist() == [1, 2, 3, 4]
+    dets = {r.image_id: {"boxes": r.boxes, "scores": np.ones(len(r.labels)), "labels": r.labels}
+            for r in records}
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="WARNING")
+    try:
+        Evaluator(cfg, records, CPU).score(dets, tmp_path / "out")
+    finally:
+        logger.remove(sink)
+    gt = json.loads((tmp_path / "out" / "ground_truth.json").read_text())
+    assert [im["id"] for im in gt["images"]] == [1, 2, 3, 4]
+    assert {p["image_id"] for p in json.loads((tmp_path / "out" / "predictions.json").read_text())} <= {1, 2, 3, 4}
+    assert sum("share image ids" in m for m in seen) == 1
 
 
 def test_val_loader_subset_and_category_id_errors(tmp_path):

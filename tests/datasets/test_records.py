@@ -21,7 +21,7 @@ def _records(n: int = 6, seed: int = 0) -> list[Record]:
         out.append(Record(image_id=i + 1, file=f"/data/{i}/{name}", img_hw=(int(rng.integers(10, 99)), 40 + i),
                           boxes=rng.uniform(0, 30, (k, 4)).astype(np.float32),
                           labels=rng.integers(0, 3, k).astype(np.int64),
-                          ignore=rng.uniform(0, 30, (m, 4)).astype(np.float32)))
+                          ignore=rng.uniform(0, 30, (m, 4)).astype(np.float32), source_id=1000 - 7 * i))
     return out
 
 
@@ -47,6 +47,7 @@ def test_slices_and_subsets_keep_records_and_ids():
     assert table.subset([6, 1, 6]) == [recs[6], recs[1], recs[6]]
     assert table[np.array([3, 0])] == [recs[3], recs[0]]
     assert table[2:5][1] == recs[3] and table[2:5].image_ids.tolist() == [3, 4, 5]
+    assert table.subset([6, 1]).source_ids.tolist() == [958, 993] and table[5].source_id == 965
     with pytest.raises(IndexError):
         table.subset([8])
 
@@ -69,10 +70,16 @@ def test_empty_table_and_bad_offsets():
     arrays["box_offsets"] = arrays["box_offsets"][::-1]
     with pytest.raises(ValueError, match="offsets of boxes"):
         RecordTable(**arrays)
+    arrays = RecordTable.from_records(_records(3)).to_arrays()
+    with pytest.raises(ValueError, match="2 source ids"):
+        RecordTable(**{**arrays, "source_ids": arrays["source_ids"][:2]})
+    del arrays["source_ids"]  # a table without the dataset's own ids: all -1 (none)
+    assert RecordTable(**arrays).source_ids.tolist() == [-1, -1, -1]
+    assert RecordTable.from_records([Record(image_id=1, file="a.jpg", img_hw=(2, 2))])[0].source_id == -1
 
 
 def test_table_is_a_few_arrays_the_size_of_the_data():
-    """No Python object per image: nine arrays, their bytes exactly the data's, and loading a
+    """No Python object per image: ten arrays, their bytes exactly the data's, and loading a
     big table creates a fixed number of objects whatever its size."""
     n, k = 20_000, 7
     rng = np.random.default_rng(1)
@@ -81,16 +88,16 @@ def test_table_is_a_few_arrays_the_size_of_the_data():
               "boxes": rng.random((n * k, 4)).astype(np.float32), "labels": rng.integers(0, 80, n * k),
               "ignore_offsets": np.zeros(n + 1, np.int64), "ignore": np.zeros((0, 4), np.float32),
               "file_offsets": np.arange(n + 1) * (len(names) // n),
-              "file_bytes": np.frombuffer(names, np.uint8)}
+              "file_bytes": np.frombuffer(names, np.uint8), "source_ids": np.arange(n) * 3}
     gc.collect()
     before = len(gc.get_objects())
     table = RecordTable(**arrays)
     loaded = RecordTable.from_arrays(table.to_arrays())
     created = len(gc.get_objects()) - before
-    assert len(fields(table)) == 9 and created < 40
+    assert len(fields(table)) == 10 and created < 40
     name_len = len(names) // n  # 44 bytes per file name
-    assert table.nbytes == loaded.nbytes == n * 8 + n * 16 + 3 * (n + 1) * 8 + n * k * (16 + 8) + n * name_len
-    assert table.nbytes / n == pytest.approx(8 + 16 + 24 + k * 24 + name_len, abs=0.1)  # 264 bytes per image
+    assert table.nbytes == loaded.nbytes == 2 * n * 8 + n * 16 + 3 * (n + 1) * 8 + n * k * (16 + 8) + n * name_len
+    assert table.nbytes / n == pytest.approx(16 + 16 + 24 + k * 24 + name_len, abs=0.1)  # 272 bytes per image
 
 
 def test_main_classes_and_subset_match_the_per_record_rule():

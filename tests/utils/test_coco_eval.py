@@ -12,7 +12,9 @@ from utils.coco_eval import (
     detections_to_coco_results,
     format_metrics,
     records_to_coco_gt,
+    with_source_image_ids,
 )
+from utils.coco_results import CocoResults
 
 NAMES = ["rbc", "wbc", "platelet", "other"]
 BACKENDS = ["faster_coco_eval", "pycocotools"]
@@ -207,3 +209,32 @@ def test_format_metrics_table(gt, recs):
     assert lines[1].split()[0] == "1.000" and lines[1].split()[3] == "-"
     assert len(lines) == 3 + len(NAMES) and lines[3].split()[:2] == ["rbc", "1"]
 
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_under_the_datasets_own_image_ids_score_the_same(recs, backend):
+    """Positions 1..N renamed to the dataset's ids (shuffled, sparse): the same numbers against the
+    renamed ground truth, every id changed consistently."""
+    gt = records_to_coco_gt(recs, NAMES)
+    results = CocoResults.from_dicts(detections_to_coco_results(noisy_dets(recs), [1, 2, 3, 4]))
+    ids = np.array([r.image_id for r in recs])
+    own = np.random.default_rng(5).permutation(len(recs)) * 1000 + 139
+    mapped_gt, mapped = with_source_image_ids(gt, results, ids, own)
+    lookup = dict(zip(ids.tolist(), own.tolist()))
+    assert [im["id"] for im in mapped_gt["images"]] == [lookup[im["id"]] for im in gt["images"]]
+    assert [a["image_id"] for a in mapped_gt["annotations"]] == [lookup[a["image_id"]] for a in gt["annotations"]]
+    assert mapped.image_id.tolist() == [lookup[i] for i in results.image_id.tolist()]
+    assert gt["images"][0]["id"] == 1  # the input is left as it was
+    before, after = coco_evaluate(gt, results, NAMES, backend), coco_evaluate(mapped_gt, mapped, NAMES, backend)
+    assert [after[k] for k in METRIC_KEYS] == [before[k] for k in METRIC_KEYS]
+
+
+def test_no_own_ids_or_shared_ids_keep_positions_and_unknown_images_raise(recs):
+    gt = records_to_coco_gt(recs, NAMES)
+    results = CocoResults.from_dicts(detections_to_coco_results(perfect_dets(recs), [1, 2, 3, 4]))
+    ids = np.arange(1, len(recs) + 1)
+    assert with_source_image_ids(gt, results, ids, np.full(len(recs), -1)) is None  # VOC / YOLO txt
+    assert with_source_image_ids(gt, results, ids, np.r_[ids[:-1], 1] + 10) is None  # two images, one id
+    stray = CocoResults(np.array([len(recs) + 5]), np.array([1]), np.zeros((1, 4)), np.ones(1))
+    with pytest.raises(ValueError, match=f"image_id {len(recs) + 5}, which is not an image"):
+        with_source_image_ids(gt, stray, ids, ids + 100)
