@@ -27,6 +27,8 @@ class Detections:
         offsets: [n + 1] int64.
         boxes: [D, 4] xyxy original-image pixels (float32 as the model gives them, or float64).
         scores: [D] float. labels: [D] int64 contiguous class indices.
+        num_nms: [n] int64 boxes NMS kept per image before the max_det cap (``models.postprocess``),
+            or None when unknown.
     """
 
     image_ids: np.ndarray
@@ -34,10 +36,12 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    num_nms: np.ndarray | None = None
 
     @classmethod
     def from_dict(cls, dets: Mapping[int, Mapping[str, np.ndarray]]) -> Detections:
-        """From {image_id: {"boxes" [k, 4], "scores" [k], "labels" [k]}} (insertion order kept)."""
+        """From {image_id: {"boxes" [k, 4], "scores" [k], "labels" [k]}, optionally "num_nms"} (insertion
+        order kept; num_nms only when every image has it)."""
         ids = np.array([int(i) for i in dets], np.int64)
         parts = list(dets.values())
         boxes = [np.asarray(d["boxes"]).reshape(-1, 4) for d in parts]
@@ -46,9 +50,12 @@ class Detections:
         for i, b, s, lab in zip(ids, boxes, scores, labels):
             if not len(b) == len(s) == len(lab):
                 raise ValueError(f"image_id {i}: boxes/scores/labels lengths differ ({len(b)}, {len(s)}, {len(lab)})")
+        num_nms = (np.array([int(d["num_nms"]) for d in parts], np.int64)
+                   if parts and all("num_nms" in d for d in parts) else None)
         return cls(ids, _offsets(np.array([len(s) for s in scores], np.int64)),
                    np.concatenate([np.zeros((0, 4), np.float32), *boxes]),
-                   np.concatenate([np.zeros(0, np.float32), *scores]), np.concatenate([np.zeros(0, np.int64), *labels]))
+                   np.concatenate([np.zeros(0, np.float32), *scores]), np.concatenate([np.zeros(0, np.int64), *labels]),
+                   num_nms)
 
     @classmethod
     def concat(cls, parts: Sequence[Detections]) -> Detections:
@@ -63,7 +70,10 @@ class Detections:
         whole = [np.concatenate([np.zeros(shape, dtype), *(getattr(p, name) for p in parts)])[rows]
                  for name, shape, dtype in (("boxes", (0, 4), np.float32), ("scores", 0, np.float32),
                                             ("labels", 0, np.int64))]
-        return cls(ids[keep], _offsets(counts[keep]), *whole)
+        nms = None
+        if parts and all(p.num_nms is not None for p in parts):
+            nms = np.concatenate([p.num_nms for p in parts])[keep]
+        return cls(ids[keep], _offsets(counts[keep]), *whole, nms)
 
     def select(self, image_ids: Sequence[int] | np.ndarray) -> Detections:
         """The images ``image_ids`` in that order; a ValueError names ids that have no entry."""
@@ -77,7 +87,8 @@ class Detections:
         counts = np.diff(self.offsets)[idx]
         new = _offsets(counts)
         rows = np.repeat(self.offsets[idx] - new[:-1], counts) + np.arange(new[-1], dtype=np.int64)
-        return Detections(want, new, self.boxes[rows], self.scores[rows], self.labels[rows])
+        return Detections(want, new, self.boxes[rows], self.scores[rows], self.labels[rows],
+                          None if self.num_nms is None else self.num_nms[idx])
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -45,15 +45,13 @@ from utils.model_info import is_runtime_model, model_device
 
 
 def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], class_names: list[str], eval_cfg,
-                    backend: str | None = None, cat_ids: list[int] | None = None,
-                    num_nms: Mapping[int, int] | None = None) -> tuple[dict, dict, CocoResults]:
+                    backend: str | None = None, cat_ids: list[int] | None = None) -> tuple[dict, dict, CocoResults]:
     """The whole metric computation of one validation, from predictions to numbers.
 
     gt: ``records_to_coco_gt(records, class_names, cat_ids)``; records: a RecordTable (or a list
     of Records); dets: Detections, or {image_id: {"boxes" [k, 4] xyxy original pixels, "scores"
-    [k], "labels" [k]}}, covering every record. backend: overrides eval_cfg.backend. cat_ids:
-    COCO category id of each label, as in ``gt`` (default 1..nc). num_nms: {image_id: boxes NMS
-    kept before the max_det cap} (``models.postprocess``), None when unknown.
+    [k], "labels" [k], optionally "num_nms"}}, covering every record. backend: overrides
+    eval_cfg.backend. cat_ids: COCO category id of each label, as in ``gt`` (default 1..nc).
     Returns (metrics, curves, coco_results): metrics = COCO numbers (utils.coco_eval) plus
     "operative" (utils.metrics report) and "max_det" (``utils.metrics.max_det_report``); curves for
     the plots; the COCO results as arrays.
@@ -68,9 +66,7 @@ def compute_metrics(gt: dict, records, dets: Detections | Mapping[int, dict], cl
                                        match_iou=eval_cfg.match_iou, sweep_confs=eval_cfg.sweep_confs,
                                        max_det=eval_cfg.max_det)
     metrics["operative"] = report
-    counts = [num_nms.get(i) for i in ids] if num_nms is not None else None
-    metrics["max_det"] = max_det_report(np.diff(dets.offsets), eval_cfg.max_det,
-                                        None if counts is None or None in counts else counts)
+    metrics["max_det"] = max_det_report(np.diff(dets.offsets), eval_cfg.max_det, dets.num_nms)
     return metrics, curves, results
 
 
@@ -135,33 +131,27 @@ class Evaluator:
     def run(self, model: torch.nn.Module, loader, out_dir: Path | None = None,
             epoch: int | None = None) -> dict:
         """Predict, gather to rank 0, score there (files into out_dir), broadcast the metrics."""
-        preds = self.predict(model, loader)
-        counts = {i: int(d["num_nms"]) for i, d in preds.items() if "num_nms" in d}
-        parts = gather_object((Detections.from_dict(preds), counts))
+        parts = gather_object(Detections.from_dict(self.predict(model, loader)))  # num_nms travels along
         metrics = None
         if self.dist.is_main:  # duplicates from sampler padding collapse onto one image id
-            num_nms = {i: n for _, c in parts for i, n in c.items()}
-            metrics = self.score(Detections.concat([d for d, _ in parts]), out_dir, epoch, num_nms=num_nms)
+            metrics = self.score(Detections.concat(parts), out_dir, epoch)
         return broadcast_object(metrics)
 
     def score(self, dets: Detections | Mapping[int, dict], out_dir: Path | None = None,
-              epoch: int | None = None, num_nms: Mapping[int, int] | None = None) -> dict:
+              epoch: int | None = None) -> dict:
         """All metrics of ``dets`` (Detections, or {image_id: {"boxes", "scores", "labels"}, optionally
-        "num_nms"}); num_nms: {image_id: boxes NMS kept before the max_det cap} (default: the dicts'
-        "num_nms"). Writes JSON and plots into out_dir when given."""
+        "num_nms": boxes NMS kept before the max_det cap}). Writes JSON and plots into out_dir when given."""
         t0 = time.perf_counter()
         if self._gt is None:
             self._gt = records_to_coco_gt(self.records, self.class_names, self.cat_ids)
         if not isinstance(dets, Detections):
-            if num_nms is None and all("num_nms" in d for d in dets.values()):
-                num_nms = {i: int(d["num_nms"]) for i, d in dets.items()}
             dets = Detections.from_dict(dets)
         missing = set(self.records.image_ids.tolist()) - set(dets.image_ids.tolist())
         if missing:
             raise RuntimeError(f"no predictions were produced for {len(missing)} val images "
                                f"(e.g. image ids {sorted(missing)[:5]})")
         metrics, curves, results = compute_metrics(self._gt, self.records, dets, self.class_names,
-                                                   self.cfg.eval, cat_ids=self.cat_ids, num_nms=num_nms)
+                                                   self.cfg.eval, cat_ids=self.cat_ids)
         metrics["num_images_total"] = self.num_images_total
         self.seconds = time.perf_counter() - t0  # kept out of the metrics: they stay reproducible
         self._log(metrics)
@@ -229,7 +219,6 @@ class Evaluator:
             plot_confusion_matrix(conf["matrix"], conf["labels"], plot_dir / "confusion_matrix.png",
                                   title=cm_title)
             plot_metric_curves(curves, self.class_names, plot_dir, title=title)
-
 
     def _exported(self, results: CocoResults) -> tuple[dict, CocoResults]:
         """Ground truth and results as the files hold them: under the dataset's own image ids (a COCO

@@ -117,3 +117,16 @@ def test_detections_concat_drops_repeated_images_and_select_orders():
     assert Detections.concat([]).num_dets == 0 and len(whole.image(2)["scores"]) == whole.offsets[3] - whole.offsets[2]
     with pytest.raises(ValueError, match=r"no predictions were produced for 1 images \(e.g. image ids \[9\]\)"):
         whole.select([1, 9])
+
+
+def test_nms_counts_travel_with_the_detections_through_concat_and_select():
+    """Each rank's per-image NMS counts reach rank 0 inside Detections: padding duplicates dropped,
+    order followed; a part without counts makes them unknown (None)."""
+    def part(ids, nms):
+        return Detections.from_dict({i: {"boxes": np.zeros((1, 4)), "scores": np.ones(1), "labels": np.zeros(1),
+                                         "num_nms": n} for i, n in zip(ids, nms)})
+    whole = Detections.concat([part([1, 3], [7, 0]), part([2, 1], [150, 7])])  # image 1 twice (padding)
+    assert whole.image_ids.tolist() == [1, 3, 2] and whole.num_nms.tolist() == [7, 0, 150]
+    assert whole.select([2, 1, 3]).num_nms.tolist() == [150, 7, 0]
+    bare = Detections.from_dict({4: {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0)}})
+    assert bare.num_nms is None and Detections.concat([whole, bare]).num_nms is None
