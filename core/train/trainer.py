@@ -42,7 +42,7 @@ from core.train.step import TrainStep
 from datasets import resolve_class_names
 from models import build_loss, build_model
 from utils.checkpoint import remove_stale_tmp, save_checkpoint
-from utils.dist import DistInfo, seed_everything, unwrap, wrap_ddp
+from utils.dist import DistInfo, broadcast_object, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
 from utils.files import write_json_atomic
 from utils.memory import release_free_memory
@@ -72,7 +72,9 @@ class Trainer:
         validate(cfg)  # again: the class names found in the data are part of the config now
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
         self.val_loader = build_eval_loader(cfg, dist, "val")
-        resolve_anchors(cfg, self.train_loader.dataset.records)  # "auto": deterministic, a resume refits the same
+        if dist.is_main and cfg.model.anchors == "auto":  # fitted once; every rank builds with rank 0's
+            resolve_anchors(cfg, self.train_loader.dataset.records)  # (deterministic: a resume refits the same)
+        cfg.model.anchors = broadcast_object(cfg.model.anchors)
         self.model = build_model(cfg)
         if t.init_weights and not resume:
             transfer_weights(self.model, t.init_weights, cfg.model.name)

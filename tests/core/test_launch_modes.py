@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_data import make_tiny_voc, tiny_overrides
@@ -134,14 +135,18 @@ def test_two_nodes_train_and_validate_like_one_process(tmp_path):
 def test_torchrun_with_workers_trains_multi_scale_and_validates_rect_like_one_process(tmp_path):
     """torchrun, 2 processes x 2 DataLoader workers: multi-scale training and rectangular validation
     (5 val images in batches of 2: rank 0 takes 2 batches, rank 1 one) finish, and the in-training
-    val equals a 1-process rectangular val of the same checkpoint."""
+    val equals a 1-process rectangular val of the same checkpoint. With model.anchors='auto' that
+    equality also says rank 1 scored with the anchors rank 0 fitted and stored."""
     root = make_tiny_voc(tmp_path / "data", n_train=8, n_val=5)
     train_dir = tmp_path / "train"
     ov = tiny_overrides(root, **{**FAST, "data.num_workers": 2, "train.epochs": 1, "data.img_size": 256,
-                                 "eval.batch_size": 2, "eval.rect": True, "train.multi_scale": [192, 320]})
+                                 "eval.batch_size": 2, "eval.rect": True, "train.multi_scale": [192, 320],
+                                 "model.anchors": "auto"})
     run(torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "main.py", "--config", "bccd_yolo_r18",
                  "--task", "train", "--out", str(train_dir), *ov))
     assert "world size 2" in (train_dir / "train.log").read_text()
+    stored = load_checkpoint(train_dir / "last.pth")["config"]["model"]["anchors"]
+    assert stored != "auto" and np.array(stored).shape == (3, 3, 2)
     # rank 0's share (ranks > 0 log warnings only); rank 1 scores the third batch, or val would miss an image
     assert ("val in rectangular batches (eval.rect): 2 of 3 batches on rank 0, canvases (h x w) 224x256"
             in (train_dir / "train.log").read_text())
