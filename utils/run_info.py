@@ -239,6 +239,14 @@ def _process_start(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def improves(score: float | None, best: float, min_delta: float = 0.0) -> bool:
+    """Whether a monitored ``score`` makes a new best over ``best`` (-1 = none yet): measurable (finite,
+    >= 0: COCO's -1 is "not measurable") and above the best by more than ``min_delta``; a tie keeps the
+    earlier epoch. The one rule of best.pth (core/train/selection.py) and of --task compare."""
+    return (score is not None and math.isfinite(score) and score >= 0
+            and (best < 0 or score > best + min_delta))
+
+
 # -- the config and results as flat values (compare tables, TensorBoard's HParams tab) -----------
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
     """``{"loss": {"box_weight": 7.5}}`` -> ``{"loss.box_weight": 7.5}``; dict values (assign.options)

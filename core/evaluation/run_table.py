@@ -20,6 +20,7 @@ from loguru import logger
 
 from utils.run_info import (
     flatten_config,
+    improves,
     read_epochs,
     read_run_info,
     run_status,
@@ -141,14 +142,13 @@ def _measured(x: Any) -> float | None:
 
 
 def _headline_values(history: list[dict], monitor: str, min_delta: float = 0.0) -> dict[str, float | None]:
-    """best_* (the epoch best.pth holds: as core/train/selection.py, the first measurable ``monitor``,
-    then each one that beats the best by more than ``min_delta``; a tie keeps the earlier epoch) and
+    """best_* (the epoch best.pth holds: ``utils.run_info.improves``, the rule of core/train/selection.py) and
     final_* (the last evaluated epoch) of HEADLINE, and best_epoch."""
-    best: dict = {}
+    best, best_score = {}, -1.0
     for h in history:
         score = _measured(h.get(monitor))
-        if score is not None and (not best or score > best[monitor] + min_delta):
-            best = h
+        if improves(score, best_score, min_delta):
+            best, best_score = h, score
     final = history[-1] if history else {}
     out: dict[str, float | None] = {"best_epoch": _measured(best.get("epoch"))}
     out |= {f"best_{k}": _measured(best.get(k)) for k in HEADLINE}

@@ -8,11 +8,11 @@ never best.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.checkpoint import TopKCheckpoints
+from utils.run_info import improves
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Selection:
     def update(self, epoch: int, score: float, last: bool = False) -> Verdict:
         """Record ``score`` of ``epoch``; early stopping is not decided at the ``last`` epoch."""
         before, before_epoch = self.best, self.best_epoch
-        improved = math.isfinite(score) and score >= 0 and (self.best < 0 or score > self.best + self.min_delta)
+        improved = improves(score, self.best, self.min_delta)
         if improved:
             self.best, self.best_epoch = float(score), int(epoch)
         self.stop_reason = ""
