@@ -95,6 +95,8 @@ def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int, stride: int
         up to a multiple of ``stride``. Images that are all square get img_size x img_size, the
         square letterbox.
     """
+    if pad < 0:
+        raise ValueError(f"rect pad {pad} must be >= 0 strides")
     hw = np.asarray(img_hw, np.int64).reshape(-1, 2)
     order = np.argsort(hw[:, 0] / hw[:, 1], kind="stable")
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -102,8 +104,6 @@ def rect_batches(img_hw: np.ndarray, batch_size: int, img_size: int, stride: int
     # letterbox itself, so every image fits its canvas
     scale = img_size / hw.max(1, initial=1).astype(np.float64)
     resized = np.maximum(np.rint(hw * scale[:, None]), 1).astype(np.int64)
-    if pad < 0:
-        raise ValueError(f"rect pad {pad} must be >= 0 strides")
     tight = [-(-resized[b].max(0) // stride) * stride for b in batches]  # next multiple of the stride
     padded = [np.ceil(resized[b].max(0) / stride + pad).astype(np.int64) * stride for b in batches]
     canvas = [np.minimum(p, np.maximum(t, img_size)) for p, t in zip(padded, tight)]

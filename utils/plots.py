@@ -194,13 +194,14 @@ def _figure(width: float = 6.4, height: float = 4.8) -> tuple:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def new_figure(rows: int, cols: int, width: float, height: float) -> tuple:
-    """A figure of rows x cols axes (Agg canvas, as ``_figure``); returns (figure, flat list of axes)."""
+def new_figure(rows: int, cols: int, width: float, height: float, **figure_kw) -> tuple:
+    """A figure of rows x cols axes (Agg canvas, as ``_figure``; ``figure_kw`` for matplotlib's Figure,
+    e.g. layout="constrained"); returns (figure, flat list of axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, **figure_kw)
     FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(rows, cols).flat)
+    return fig, list(np.atleast_1d(fig.subplots(rows, cols)).flat)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -311,9 +312,8 @@ def _rgb01(i: int) -> tuple[float, float, float]:
 
 
 _LINE_STYLES = ("-", "--", ":", "-.")  # repeats of one configuration (seeds): one colour, these styles
-
-
 LEGEND_CHARS = 150  # compare.png: a run's label wraps after this many characters
+
 
 def plot_run_curves(curves: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """Validation mAP per epoch (left) and mean training loss per epoch (right) of several runs, one
@@ -325,12 +325,9 @@ def plot_run_curves(curves: Sequence[dict], path: str | Path, title: str = "") -
     """
     import textwrap
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     labels = [textwrap.fill(c["label"], LEGEND_CHARS, subsequent_indent="    ") for c in curves]  # 8 pt: fits 12 in
-    fig = Figure(figsize=(12.0, 4.2 + 0.17 * sum(t.count("\n") + 1 for t in labels)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_map, ax_loss = fig.subplots(1, 2)
+    fig, (ax_map, ax_loss) = new_figure(1, 2, 12.0, 4.2 + 0.17 * sum(t.count("\n") + 1 for t in labels),
+                                        layout="constrained")
     for c, text in zip(curves, labels):
         style = dict(color=_rgb01(c["group"]), ls=_LINE_STYLES[c["member"] % len(_LINE_STYLES)], lw=1.6)
         for ax, key in ((ax_map, "map"), (ax_loss, "loss")):

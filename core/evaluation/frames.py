@@ -45,7 +45,6 @@ class Frame:
     video: str | None = None  # stem of the annotated video the frame belongs to (None for an image)
 
 
-
 def unique_names(files: list[Path]) -> list[str]:
     """Output stem of each file: its stem, with _2, _3 ... added to a repeat (a glob or a list may name
     two ``a.jpg`` in different folders; their outputs must not overwrite each other)."""
@@ -146,4 +145,3 @@ def count_frames(files: list[Path], video_stride: int = 1) -> int:
         else:
             total += 1
     return total
-
