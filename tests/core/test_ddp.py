@@ -1,21 +1,14 @@
 """A 2-process gloo DDP run of train and val on CPU: its val numbers equal a 1-process val."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import free_port, make_tiny_voc, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args, **env):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_data import free_port
 
 from core.evaluation.evaluator import Evaluator
 from datasets import build_records
@@ -49,12 +49,6 @@ def _predictions(records) -> dict[int, dict]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
@@ -74,7 +68,7 @@ def _worker(rank: int, world_size: int, port: int, root: str, out: str) -> None:
 def test_two_ranks_gather_to_rank0_and_score_like_one_process(tmp_path):
     root = _data(tmp_path / "y")
     records, _ = build_records(_cfg(root), "val")  # builds the label cache the ranks then share
-    mp.spawn(_worker, args=(2, _free_port(), str(root), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(root), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["gathered"] == [[1, 2, 3, 5], [1, 2, 4, 6]] and ranks[1]["gathered"] is None
     cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

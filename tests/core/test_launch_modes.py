@@ -7,7 +7,6 @@ The multi-process tests are marked ``slow`` (skip locally with ``-m "not slow"``
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import free_port, make_tiny_voc, tiny_overrides
 
 from main import main, parse_args
 from utils.checkpoint import load_checkpoint
@@ -24,12 +23,6 @@ from utils.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("survival_child.py")
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*flags: str) -> list[str]:

@@ -10,7 +10,6 @@ together (fixture ``jobs``): they are mostly interpreter start-up, which then ov
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from loguru import logger
-from tiny_data import make_tiny_voc, tiny_overrides
+from tiny_data import free_port, make_tiny_voc, tiny_overrides
 
 from configs import load_config
 from core.train import Trainer
@@ -105,12 +104,6 @@ def start_job(root, run: Path, hooks: dict, ranks: int = 1, **extra) -> Job:
         proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return Job(proc, run, progress)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 scaler, and multi-scale sizes are multiples of the stride, in range, and the same on every rank."""
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_data import free_port
 
 from configs import load_config
 from core.train.step import TrainStep
@@ -57,12 +57,6 @@ def test_multi_scale_sides_are_stride_multiples_in_range_and_scale_the_boxes():
     assert seen == [(s, s) for s in sides[:4]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", OMP_NUM_THREADS="1")
@@ -83,6 +77,6 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_multi_scale_sides_are_equal_across_two_gloo_ranks(tmp_path):
-    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0 == r1 and len(r0) == 5 and all(s % 32 == 0 and 32 <= s <= 160 for s in r0) and len(set(r0)) > 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 BCCD = Path(__file__).resolve().parents[2] / "data" / "BCCD"
@@ -60,3 +61,10 @@ def train_tiny(tmp: Path, n_train: int = 4, n_val: int = 3) -> tuple[Path, Path]
     ov = tiny_overrides(root, **{"train.epochs": 1})
     assert main(["--config", "bccd_yolo_r18", "--task", "train", "--out", str(tmp / "run")] + ov) == 0
     return root, tmp / "run" / "last.pth"
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a process group's or torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.core.tiny_data import free_port
 from utils import dist as D
 
 
@@ -40,12 +40,6 @@ def test_seed_everything_and_unwrap():
     assert D.unwrap(nn.DataParallel(inner)) is inner and D.unwrap(inner) is inner
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
@@ -64,7 +58,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 
 def test_two_process_gloo(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r, res in enumerate(results):
         assert res["gathered"] == [{"rank": 0}, {"rank": 1}]
@@ -88,7 +82,7 @@ def _gather_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 def test_gather_object_reaches_only_the_destination(tmp_path):
     assert D.gather_object({"a": 1}) == [{"a": 1}]  # no group: the single-process answer
-    mp.spawn(_gather_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"gather{r}.json").read_text()) for r in range(2))
     assert r0["to0"] == [{"rank": 0, "data": [0, 1]}, {"rank": 1, "data": [0, 1, 2]}] and r1["to0"] is None
     assert r0["to1"] is None and r1["to1"] == ["r0", "r1"]
