@@ -116,6 +116,19 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers of ``module`` (e.g. BatchNorm running statistics) into every
+    rank's, in one broadcast (nothing without a process group)."""
+    if not is_dist():
+        return
+    buffers = [b for b in module.buffers() if b.numel()]
+    if buffers:
+        flat = torch.cat([b.detach().reshape(-1).to(torch.float64) for b in buffers])
+        dist.broadcast(flat, src=src)
+        for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
+            b.copy_(v.view_as(b))
+
+
 def any_rank(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
     """Each flag OR-ed over all ranks (the flags themselves without a process group).
 

@@ -42,7 +42,7 @@ from core.train.step import TrainStep
 from datasets import resolve_class_names
 from models import build_loss, build_model
 from utils.checkpoint import remove_stale_tmp, save_checkpoint
-from utils.dist import DistInfo, broadcast_object, seed_everything, unwrap, wrap_ddp
+from utils.dist import DistInfo, broadcast_buffers, broadcast_object, seed_everything, unwrap, wrap_ddp
 from utils.ema import ModelEMA
 from utils.files import write_json_atomic
 from utils.memory import release_free_memory
@@ -233,6 +233,9 @@ class Trainer:
     def validate(self) -> dict:
         """Score the EMA (or raw) model on the val split; rank 0 shows the dashboard, writes run_dir/val."""
         out = self.run_dir / "val" if self.dist.is_main else None
+        # Each rank's BatchNorm statistics followed its own batches: every rank scores rank 0's, which
+        # the checkpoints store, so the in-training numbers are those of best.pth and last.pth.
+        broadcast_buffers(unwrap(self.eval_model()))
         metrics = self.evaluator.run(self.eval_model(), self.val_loader, out, epoch=self.epoch)
         self.report.validation(self.epoch, metrics)
         if self.dist.is_main:

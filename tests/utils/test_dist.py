@@ -48,9 +48,16 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         gathered = D.all_gather_object({"rank": info.rank})
         flags = D.any_rank(rank == 1, False)  # rank 1 alone raises the first flag: every rank sees it
         token = D.broadcast_object(f"from{rank}", src=1)
+        bn = nn.BatchNorm2d(2)  # each rank's running statistics of its own batches
+        with torch.no_grad():
+            bn.running_mean.fill_(rank + 0.5), bn.running_var.fill_(rank + 2.0), bn.weight.fill_(rank + 3.0)
+        bn.num_batches_tracked.fill_(10 + rank)
+        D.broadcast_buffers(bn)
         D.barrier()
         result = {"gathered": gathered, "flags": list(flags), "token": token, "is_main": info.is_main,
-                  "device": str(info.device), "ws": D.world_size()}
+                  "device": str(info.device), "ws": D.world_size(),
+                  "bn": [bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked),
+                         bn.weight.tolist()]}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
@@ -65,6 +72,8 @@ def test_two_process_gloo(tmp_path):
         assert res["flags"] == [True, False]
         assert res["token"] == "from1"
         assert res["is_main"] == (r == 0) and res["device"] == "cpu" and res["ws"] == 2
+        # buffers: rank 0's everywhere (mean 0.5, var 2.0, 10 batches); parameters: each rank's own
+        assert res["bn"] == [[0.5, 0.5], [2.0, 2.0], 10, [r + 3.0, r + 3.0]]
 
 
 def _gather_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
