@@ -114,7 +114,11 @@ def test_val_with_the_onnx_file_equals_the_checkpoint(exported, tmp_path):
     _, ckpt, out, _ = exported
     m_pt, p_pt = _val(ckpt, tmp_path / "pt")
     m_ox, p_ox = _val(out / "bccd_yolo_r18.onnx", tmp_path / "onnx")  # config from the file's metadata
-    assert 0.05 < m_pt["mAP"] < 0.95  # the pseudo labels make it depend on boxes and scores
+    # Each pseudo label is one of the checkpoint's own detections rounded to whole pixels (IoU > 0.9
+    # with it), and the other half of its detections rank between them as false positives: mAP near
+    # 0.5 (0.535 measured). Predict and val mapping boxes back differently would drop it (0.155 when
+    # val ignored the letterbox pad); tests/core/test_oracle_eval.py checks that mapping exactly.
+    assert 0.4 < m_pt["mAP"] < 0.7
     for key in ("mAP", "mAP50", "mAP75", "AR100", "num_images"):
         assert m_ox[key] == pytest.approx(m_pt[key], abs=1e-4), key
     assert m_ox["operative"]["f1"] == pytest.approx(m_pt["operative"]["f1"], abs=1e-4)
