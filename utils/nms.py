@@ -37,6 +37,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thres: float)
     """NMS within each label. Offsets boxes per label so different labels never overlap."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    # The per-label offset (torchvision's trick too) keeps labels apart only for coordinates >= 0, and
+    # decoded boxes may reach past the image: shift by the lowest coordinate when it is negative (a
+    # shift changes no IoU; no host sync, boxes at >= 0 stay as they are).
+    boxes = boxes - boxes.min().clamp(max=0)
     if _tv_batched_nms is not None:
         return _tv_batched_nms(boxes, scores, labels, iou_thres)
     offset = labels.to(boxes) * (boxes.max() + 1)

@@ -64,12 +64,42 @@ def test_a_small_gt_is_taken_by_the_fine_level_a_large_one_by_the_coarse():
     assert set(p.level[large.fg_mask[0]].tolist()) == {1}
 
 
-def test_topk_limits_the_candidates_and_centres_must_be_inside():
+def fg_slots(res):
+    return torch.nonzero(res.fg_mask[0]).squeeze(1).tolist()
+
+
+def test_topk_sets_the_candidates_and_so_the_threshold():
+    # GT [24, 24, 40, 40], centre (32, 32). Level 0 (8 x 8 cells, anchor 16): the 4 centres (28|36, 28|36) at
+    # distance 5.7, e.g. [20, 20, 36, 36]: inter 12 x 12 = 144, union 368 -> 9/23; the next ring of 8 at
+    # 12.6, e.g. (20, 28) [12, 20, 28, 36]: inter 4 x 12 = 48, union 464 -> 3/29. Level 1 (anchor 32): the 4
+    # centres (24|40, 24|40) at 11.3, e.g. [8, 8, 40, 40] holds the GT -> 256/1024 = 1/4; the next ring of 8
+    # at 25.3 touches the GT only along an edge -> 0. (Ties in distance share one IoU, so the order among
+    # them does not matter.)
     p = priors()
-    res = run(targets([0, 0, 24, 24, 40, 40]), p, topk=1)  # one candidate per level
-    assert res.num_fg <= 2
-    thin = run(targets([0, 0, 30, 0, 34, 64]), p)  # 4 px wide: no stride-16 centre inside
-    assert (p.level[thin.fg_mask[0]] == 0).all()
+    t = targets([0, 0, 24, 24, 40, 40])
+    # topk 1: candidates {9/23, 1/4}; mean .32065, unbiased std |9/23 - 1/4| / sqrt(2) = .09992, threshold
+    # .42057 above both: two candidates can never pass (the threshold exceeds the larger unless equal)
+    assert run(t, p, topk=1).num_fg == 0
+    # topk 9: 4 x 9/23, 5 x 3/29, 4 x 1/4, 5 x 0. Mean 3.08246 / 18 = .17125; SS .91598 - 18 * .17125^2 =
+    # .38812; std sqrt(.38812 / 17) = .15110; threshold .32235: the four 9/23 centres, all inside the GT,
+    # level 0 slots row * 8 + col for cols 3, 4 and rows 3, 4
+    assert fg_slots(run(t, p)) == [27, 28, 35, 36]
+
+
+def test_a_thin_box_gets_the_column_of_centres_inside_it():
+    # GT [26, 0, 30, 64] (4 x 64, centre (28, 32)). Level 0, 9 nearest: (28, 28|36) at 4, (20|36, 28|36) at
+    # 8.9, (28, 20|44) at 12, one of (20|36, 20|44) at 14.4. Anchor 16 in column x = 28: inter 4 x 16 = 64,
+    # union 448 -> 1/7 (4 of them); at x = 20 or 36: inter 2 x 16 = 32, union 480 -> 1/15 (5).
+    # Level 1, 9 nearest: (24|40, 24|40) at 8.9 and 14.4: inter 4 x 32 = 128, union 1152 -> 1/9 (4);
+    # (8, 24|40) at 21.5 -> 0 (2); (24, 8|56) at 24.3 and one of (40, 8|56) at 26.8: inter 4 x 24 = 96,
+    # union 1184 -> 3/37 (3).
+    # Mean 1.59245 / 18 = .08847; SS .17296 - 18 * .08847^2 = .03208; std sqrt(.03208 / 17) = .04344;
+    # threshold .13191: the four 1/7 (centres x = 28 inside 26..30), not the 1/9 -> level 0 column 3,
+    # rows 2..5, slots 19, 27, 35, 43
+    p = priors()
+    res = run(targets([0, 0, 26, 0, 30, 64]), p)
+    assert fg_slots(res) == [19, 27, 35, 43]
+    assert p.grid_xy[fg_slots(res)].tolist() == [[3, 2], [3, 3], [3, 4], [3, 5]]
 
 
 def test_a_prior_positive_for_two_gts_keeps_the_higher_iou():
