@@ -1,6 +1,6 @@
 """Validation metric speed: faster-coco-eval (the default) against pycocotools, side by side.
 
-    python benchmarks/eval_speed.py [--repeats 5] [--seed 0]
+    python benchmarks/eval_speed.py [--repeats 5] [--seed 0] [--tiny] [group.field=value ...]
 
 Times the whole metric computation of one validation (``core.evaluation.evaluator.compute_metrics``:
 COCO results, COCO evaluation and the operative metrics) on the bundled BCCD val split
@@ -12,11 +12,13 @@ The backends run alternately, --repeats times each. "speedup" is the ratio of th
 times (as timeit advises: on a shared machine noise only ever adds time); the ratio of the
 medians is printed too. Last line:
 RESULT {"identical": bool, "speedup": pycocotools time / faster-coco-eval time, ...}.
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py): the first 24 val images and --repeats 1 by default;
+its times only show that the script works.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,14 +27,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from loguru import logger
 
+from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
 from configs import load_config
 from core.evaluation.evaluator import compute_metrics
 from datasets import RecordTable, build_records
 from utils.coco_eval import records_to_coco_gt
 
 BACKENDS = ("faster_coco_eval", "pycocotools")
+TINY_IMAGES = 24
 
 
 def fake_predictions(records: RecordTable, nc: int, max_det: int, seed: int) -> dict[int, dict]:
@@ -77,16 +80,19 @@ def numbers(x, key: str = "") -> dict[str, float]:
     return {}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    tiny = tiny_mode(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per backend (alternating)")
+    ap.add_argument("--repeats", type=int, default=pick(tiny, 5, 1), help="timed runs per backend (alternating)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the fake predictions")
-    args = ap.parse_args()
-    logger.remove()  # the scan summary and per-run lines would bury the table
-    logger.add(sys.stderr, level="WARNING")
-    cfg = load_config("bccd_yolo_r18")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.cache_dir=/tmp/cache")
+    args = ap.parse_args(argv)
+    quiet_logging()
+    cfg = load_config("bccd_yolo_r18", args.overrides)
     names = list(cfg.data.class_names)
     records, _ = build_records(cfg, "val")
+    if tiny:
+        records = records.subset(np.arange(min(TINY_IMAGES, len(records))))
     dets = fake_predictions(records, len(names), cfg.eval.max_det, args.seed)
     gt = records_to_coco_gt(records, names)  # built once per run by the Evaluator too, so not timed
     times: dict[str, list[float]] = {b: [] for b in BACKENDS}
@@ -115,13 +121,12 @@ def main() -> None:
     speedup_med = med["pycocotools"] / med["faster_coco_eval"]
     print(f"{len(a)} numbers compared, max |difference| {diff:.3g}; speedup {speedup:.2f}x "
           f"(medians {speedup_med:.2f}x)")
-    print("RESULT " + json.dumps({"identical": diff <= 1e-12, "speedup": round(speedup, 2),
-                                  "speedup_median": round(speedup_med, 2),
-                                  "faster_coco_eval_s": round(best["faster_coco_eval"], 4),
-                                  "pycocotools_s": round(best["pycocotools"], 4), "max_abs_diff": diff,
-                                  "numbers_compared": len(a), "images": len(records), "detections": n_det,
-                                  "mAP": round(m["mAP"], 4)}))
+    print_result({"identical": diff <= 1e-12, "speedup": round(speedup, 2), "speedup_median": round(speedup_med, 2),
+                  "faster_coco_eval_s": round(best["faster_coco_eval"], 4),
+                  "pycocotools_s": round(best["pycocotools"], 4), "max_abs_diff": diff,
+                  "numbers_compared": len(a), "images": len(records), "detections": n_det,
+                  "mAP": round(m["mAP"], 4)})
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

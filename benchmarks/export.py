@@ -1,6 +1,6 @@
 """Deployment accuracy and latency: one trained checkpoint scored on its val set through every runtime.
 
-    python benchmarks/export.py runs/bccd_v9t/best.pth [--qat-epochs 3] [--out DIR] [group.field=value ...]
+    python benchmarks/export.py runs/bccd_v9t/best.pth [--qat-epochs 3] [--out DIR] [--tiny] [group.field=value ...]
 
 In one run, from the checkpoint alone (its config names the data; overrides apply on top):
 - mAP (0.50:0.95, faster-coco-eval, the val pipeline of --task val) of the PyTorch model, its
@@ -17,11 +17,14 @@ In one run, from the checkpoint alone (its config names the data; overrides appl
 Needs requirements-export.txt. Last line: RESULT {"map_torch": .., "map_onnx": ..,
 "map_tflite_fp32": .., "map_tflite_fp16": .., "map_int8_ptq": .., "map_int8_qat": ..,
 "latency_ms": {..}, ...}
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py): the same runs with --qat-epochs 1, --iters 2 and one
+warm-up call, 4 calibration images, at most 8 val images, one torch thread; its figures only show that
+the script works (the checks still hold: ONNX and FP16 follow PyTorch on any checkpoint).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,8 +34,8 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from loguru import logger
 
+from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
 from configs import apply_overrides
 from configs.base_config import BaseConfig
 from core.checks import validate
@@ -48,6 +51,7 @@ from utils.dist import DistInfo, set_cpu_threads
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 FORMATS = ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
+TINY_OVERRIDES = ["export.calib_count=4", "eval.max_images=8", "train.num_threads=1"]
 
 
 def config_of(ckpt: str, overrides: list[str]) -> BaseConfig:
@@ -76,15 +80,17 @@ def latency_ms(model, img_size: int, warmup: int, iters: int) -> float:
 
 
 def main(argv: list[str]) -> None:
+    tiny = tiny_mode(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("ckpt", help="a .pth checkpoint of this repo (best.pth)")
-    p.add_argument("--qat-epochs", type=int, default=3, help="quantisation-aware fine-tuning epochs")
-    p.add_argument("--iters", type=int, default=30, help="timed batch-1 calls per runtime")
+    p.add_argument("--qat-epochs", type=int, default=pick(tiny, 3, 1), help="quantisation-aware fine-tuning epochs")
+    p.add_argument("--iters", type=int, default=pick(tiny, 30, 2), help="timed batch-1 calls per runtime")
     p.add_argument("--out", default=None, help="where the exported files go (default: a temporary dir)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. export.calib_count=64")
-    args = p.parse_args(argv)
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    args = p.parse_intermixed_args(argv)  # overrides may follow the options, as the usage line shows
+    args.overrides = pick(tiny, [], TINY_OVERRIDES) + args.overrides
+    warmup = pick(tiny, 5, 1)
+    quiet_logging()
     cfg = config_of(args.ckpt, args.overrides)
     threads = set_cpu_threads(cfg.train.num_threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="export_bench_"))
@@ -112,11 +118,11 @@ def main(argv: list[str]) -> None:
 
     size = cfg.data.img_size
     deployed = deployment_form(model)
-    lat = {"torch_eager": latency_ms(deployed, size, 5, args.iters),
-           "onnxruntime": latency_ms(runtimes["onnx"], size, 5, args.iters),
-           "litert_fp32": latency_ms(runtimes["tflite_fp32"], size, 5, args.iters),
-           "litert_fp16": latency_ms(runtimes["tflite_fp16"], size, 5, args.iters),
-           "litert_int8": latency_ms(runtimes["tflite_int8"], size, 5, args.iters)}
+    lat = {"torch_eager": latency_ms(deployed, size, warmup, args.iters),
+           "onnxruntime": latency_ms(runtimes["onnx"], size, warmup, args.iters),
+           "litert_fp32": latency_ms(runtimes["tflite_fp32"], size, warmup, args.iters),
+           "litert_fp16": latency_ms(runtimes["tflite_fp16"], size, warmup, args.iters),
+           "litert_int8": latency_ms(runtimes["tflite_int8"], size, warmup, args.iters)}
 
     loss = maps["torch"] - maps["int8_ptq"]
     recovered = (maps["int8_qat"] - maps["int8_ptq"]) / loss if loss > 0 else None
@@ -140,7 +146,7 @@ def main(argv: list[str]) -> None:
                "fp16_within_half_point": fp16_ok,
                "qat_recovered": None if recovered is None else round(recovered, 3), "qat_recovers_half": qat_ok,
                "qat_epochs": args.qat_epochs}
-    print("RESULT " + json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":

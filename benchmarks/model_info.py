@@ -1,21 +1,24 @@
 """Parameter counts and GFLOPs of every YOLOv9-family network next to the spec's table (YOLOV9.md 4.7).
 
-    python benchmarks/model_info.py [name ...]
+    python benchmarks/model_info.py [--tiny] [name ...]
 
 Per network (nc = 80): training parameters (auxiliary branch built, unfused), inference
 parameters unfused (aux=False) and fused (models.fuse.deploy_model), and GFLOPs of the unfused
 inference model at 640x640 (torch FlopCounterMode, 2 FLOPs per multiply-add).
 
-Last line: RESULT {"v9-t": {"params_fused": .., "gflops": ..}, ...}
+Last line: RESULT {"v9-t": {"params_train": .., "params_infer": .., "params_fused": .., "gflops": ..}, ...}
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py): the same measurements on one thread, of v9-t and
+gelan-t only unless names are given.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import pick, print_result, tiny_mode
 from models.fuse import deploy_model
 from models.nets import NETS, build_net
 from utils.dist import set_cpu_threads
@@ -31,6 +34,7 @@ SPEC = {
 }
 SPEC.update({f"gelan-{s}": (None, *SPEC[f"v9-{s}"][1:]) for s in "tsmce"})
 IMG_SIZE = 640
+TINY_NAMES = ["v9-t", "gelan-t"]
 
 
 def measure(name: str) -> dict:
@@ -48,9 +52,10 @@ def cell(value, spec) -> str:
     return f"{value:>7.1f} ({(value - spec) / spec:+.1%})"
 
 
-def main() -> None:
-    set_cpu_threads()
-    names = sys.argv[1:] or list(NETS)
+def main(argv: list[str]) -> None:
+    tiny = tiny_mode(argv)
+    set_cpu_threads(pick(tiny, 0, 1))
+    names = argv or pick(tiny, list(NETS), TINY_NAMES)
     unknown = [n for n in names if n not in NETS]
     if unknown:
         raise SystemExit(f"unknown network(s) {unknown}; valid: {sorted(NETS)}")
@@ -63,9 +68,8 @@ def main() -> None:
         spec_txt = " / ".join("-" if v is None else f"{v:,}" for v in SPEC[name])
         print(f"{name:8} {cell(r['params_train'], s_train)} {r['params_infer']:>14,} "
               f"{cell(r['params_fused'], s_fused)} {cell(r['gflops'], s_gflops)}   {spec_txt}")
-    print("RESULT " + json.dumps({n: {"params_fused": r["params_fused"], "gflops": r["gflops"]}
-                                  for n, r in results.items()}))
+    print_result(results)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Rectangular against square-letterbox validation of one checkpoint, side by side.
 
-    python benchmarks/rect_eval.py runs/bench_bccd_v9t/last.pth [--repeats 3] [group.field=value ...]
+    python benchmarks/rect_eval.py runs/bench_bccd_v9t/last.pth [--repeats 3] [--tiny] [group.field=value ...]
 
 Scores the checkpoint's val split (its stored config, overrides applied) with ``eval.rect=False``
 (every image letterboxed to the data.img_size square) and ``eval.rect=True`` (batches of similar
@@ -10,11 +10,13 @@ The time is the whole prediction pass (decode, letterbox, forward, NMS, boxes ba
 pixels); the metrics are faster-coco-eval's on the same COCO ground truth. "speedup" is the ratio of
 the best times (noise on a shared machine only ever adds time).
 Last line: RESULT {"square": {...}, "rect": {...}, "mAP_diff": rect - square, "speedup": ...}.
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py): the first 4 val images (eval.max_images=4), --repeats 1
+by default, one torch thread; its times only show that the script works.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from loguru import logger
 
+from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
 from configs import apply_overrides
 from core.checks import validate
 from core.evaluation.evaluator import Evaluator
@@ -35,6 +37,7 @@ from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo, set_cpu_threads
 
 KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large")
+TINY_OVERRIDES = ["eval.max_images=4", "train.num_threads=1"]
 
 
 def measure(cfg, model, dist: DistInfo, rect: bool) -> dict:
@@ -51,17 +54,18 @@ def measure(cfg, model, dist: DistInfo, rect: bool) -> dict:
             "canvases": [f"{h}x{w}" for h, w in shapes], **{k: round(float(metrics[k]), 4) for k in KEYS}}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    tiny = tiny_mode(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=pick(tiny, 3, 1))
     p.add_argument("overrides", nargs="*")
-    args = p.parse_intermixed_args()
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    args = p.parse_intermixed_args(argv)
+    quiet_logging()
     stored = load_checkpoint(args.ckpt, required=("config",))["config"]
-    cfg = validate(apply_overrides(config_from_data(stored, args.ckpt),
-                                   ["data.num_workers=0", "eval.plots=False", *args.overrides]))
+    cfg = validate(apply_overrides(config_from_data(stored, args.ckpt), ["data.num_workers=0", "eval.plots=False",
+                                                                         *pick(tiny, [], TINY_OVERRIDES),
+                                                                         *args.overrides]))
     set_cpu_threads(cfg.train.num_threads)
     resolve_class_names(cfg)
     dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -79,8 +83,8 @@ def main() -> None:
            "mAP_diff": round(best["rect"]["mAP"] - best["square"]["mAP"], 4),
            "speedup": round(best["square"]["seconds"] / best["rect"]["seconds"], 3),
            "seconds_all": {name: [r["seconds"] for r in rs] for name, rs in runs.items()}}
-    print("RESULT " + json.dumps(out))
+    print_result(out)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """COCO-sized data: scan and label cache, DataLoader worker memory, and evaluation at COCO size.
 
-    python benchmarks/scale.py [--train-images 118287] [--val-images 5000] [--seconds 180] [--dir DIR]
+    python benchmarks/scale.py [--train-images 118287] [--val-images 5000] [--seconds 180] [--dir DIR] [--tiny]
 
 1. Writes (once; reused while its manifest matches) a synthetic YOLO-txt dataset under --dir
    (default runs/scale): the bundled BCCD JPEGs copied once into ``<dir>/coco_synth/source`` and
@@ -21,6 +21,10 @@ Each measurement runs in a fresh child process (this script with --stage), so no
 another's heap. Last line: RESULT {"images", "scan_cold_s", "scan_warm_s", "first_batch_s",
 "pss_total_mb", "pss_total_mb_bccd", "pss_ratio", "record_bytes_per_image", "eval_5k_s",
 "eval_5k_peak_rss_mb"}.
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py; the stages inherit it): the same stages with defaults
+40 train and 8 val images, 20 detections per image, loaders at 64 px and batch 4 iterated for 1 s, one
+torch thread, in runs/scale_tiny; its figures only show that the script works.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
 
 NC = 80
 NAMES = [f"class{i:02d}" for i in range(NC)]
@@ -85,6 +91,8 @@ def make_cfg(args: argparse.Namespace, which: str):
     cfg = BccdV9T()
     d = cfg.data
     d.num_workers, d.cache_dir, d.cache_labels = args.workers, str(Path(args.dir) / "cache"), True
+    if args.tiny:
+        cfg.train.num_threads, cfg.data.img_size, cfg.train.batch_size = 1, 64, 4
     if which == "synth":
         d.format, d.root, d.train_sets, d.val_sets = "yolo", str(Path(args.dir) / "coco_synth"), \
             ["images/train"], ["images/val"]
@@ -127,16 +135,19 @@ def stage_loader(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     loader, sampler = build_train_loader(cfg, DistInfo(0, 0, 1, torch.device("cpu")))
     built = time.perf_counter() - t0
-    first, images, epoch = None, 0, 0
+    first, images, epoch = None, 0, 0  # images: delivered after the first batch, whose wait is first_batch_s
     while True:
         sampler.set_epoch(epoch)
         loader.dataset.set_epoch(epoch)
         for batch, _, _ in loader:
+            now = time.perf_counter() - t0
+            if first is None:
+                first = now
+                continue
             images += len(batch)
-            first = first if first is not None else time.perf_counter() - t0
-            if time.perf_counter() - t0 >= args.seconds:
+            if now >= args.seconds:
                 return {"build_s": built, "first_batch_s": first, "images": images, "dataset": len(loader.dataset),
-                        "img_per_s": images / (time.perf_counter() - t0 - first), "pss_main_mb": _pss_mb(os.getpid()),
+                        "img_per_s": images / (now - first), "pss_main_mb": _pss_mb(os.getpid()),
                         "pss_workers_mb": [_pss_mb(p) for p in _children(os.getpid())]}
         epoch += 1
 
@@ -180,26 +191,28 @@ def run_stage(name: str, argv: list[str]) -> dict:
     return json.loads(lines[-1].removeprefix("STAGE "))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str], tiny: bool) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train-images", type=int, default=118_287, help="synthetic train images (COCO: 118,287)")
-    p.add_argument("--val-images", type=int, default=5_000, help="synthetic val images (COCO: 5,000)")
+    p.add_argument("--train-images", type=int, default=pick(tiny, 118_287, 40),
+                   help="synthetic train images (COCO: 118,287)")
+    p.add_argument("--val-images", type=int, default=pick(tiny, 5_000, 8), help="synthetic val images (COCO: 5,000)")
     p.add_argument("--boxes-per-image", type=float, default=7.3, help="mean boxes per image (Poisson; COCO ~7.3)")
-    p.add_argument("--dets-per-image", type=int, default=300, help="random detections per val image")
-    p.add_argument("--seconds", type=float, default=180.0, help="how long each training loader is iterated")
+    p.add_argument("--dets-per-image", type=int, default=pick(tiny, 300, 20), help="random detections per val image")
+    p.add_argument("--seconds", type=float, default=pick(tiny, 180.0, 1.0),
+                   help="how long each training loader is iterated")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the training loaders")
-    p.add_argument("--dir", default=str(REPO / "runs" / "scale"), help="dataset, caches and eval output go here")
+    p.add_argument("--dir", default=str(REPO / "runs" / pick(tiny, "scale", "scale_tiny")),
+                   help="dataset, caches and eval output go here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)  # internal: one measurement
-    return p.parse_args()
+    return p.parse_args(argv, argparse.Namespace(tiny=tiny))
 
 
 def main() -> None:
-    args, argv = parse_args(), sys.argv[1:]  # the stages get the same options
+    argv = sys.argv[1:]  # the stages get the same options (and BENCH_TINY, set by tiny_mode)
+    args = parse_args(argv, tiny_mode(argv))
     if args.stage:
-        from loguru import logger
-        logger.remove()  # warnings only: the table below is the output
-        logger.add(sys.stderr, level="WARNING")
+        quiet_logging()  # warnings only: the table below is the output
         print("STAGE " + json.dumps(STAGES[args.stage](args)), flush=True)
         return
     root = Path(args.dir) / "coco_synth"
@@ -233,7 +246,7 @@ def main() -> None:
               "pss_total_mb_bccd": round(pss_bccd, 1), "pss_ratio": round(pss / pss_bccd, 3),
               "record_bytes_per_image": round(cold["record_bytes"] / n, 1), "eval_5k_s": round(ev["seconds"], 2),
               "eval_5k_peak_rss_mb": round(ev["peak_rss_mb"], 1)}
-    print("RESULT " + json.dumps(result))
+    print_result(result)
 
 
 if __name__ == "__main__":
