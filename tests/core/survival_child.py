@@ -5,8 +5,11 @@
 Hooks (all optional):
 - "progress": file that gets one line per finished training step ("<step>"), so a test knows
   how far the run is before it sends a signal;
-- "pause_after_step": after that step the run waits (up to 60 s) until a stop is requested, so
-  a test can signal or kill it at a known position;
+- "pause_after_step": after that step the run waits until a stop is requested, so a test can signal
+  or kill it at a known position (however long the test takes to get there: the wait ends on the
+  request, or after PAUSE_S, only so that a child its test abandoned still ends);
+- "hold_after_step": as pause_after_step, then, once the stop was requested, it creates
+  "<run dir>/stop_seen" and keeps waiting (up to PAUSE_S): only a second signal or a kill ends it;
 - "stall_last_write": the first rewrite of an existing last.pth writes half its bytes to the
   tmp file, creates "<run dir>/stalled" and then sleeps (a test SIGKILLs it there);
 - "raise_rank" / "raise_step": that rank raises a RuntimeError at the start of that step;
@@ -31,6 +34,7 @@ from core.train import trainer as trainer_module
 from main import main
 
 HOOKS = json.loads(sys.argv[1])
+PAUSE_S = 900.0  # far beyond any test's own limit: a wait here never decides a test, it only ends
 _train_step = trainer_module.Trainer.train_step
 _torch_save = torch.save
 
@@ -49,11 +53,19 @@ def train_step(self, images, targets, flush=False):
     if HOOKS.get("progress"):
         with open(HOOKS["progress"], "a") as f:
             f.write(f"{self.step}\n")
-    if self.step == HOOKS.get("pause_after_step"):
-        t0 = time.time()
-        while self.stop_signal is None and time.time() - t0 < 60:
-            time.sleep(0.02)
+    if self.step in (HOOKS.get("pause_after_step"), HOOKS.get("hold_after_step")):
+        wait_for(lambda: self.stop_signal is not None)
+    if self.step == HOOKS.get("hold_after_step"):
+        (self.run_dir / "stop_seen").touch()
+        wait_for(lambda: False)  # a second SIGINT raises KeyboardInterrupt in here
     return out
+
+
+def wait_for(condition) -> None:
+    """Until ``condition()`` holds, at most PAUSE_S (signal handlers run between the short sleeps)."""
+    t0 = time.monotonic()
+    while not condition() and time.monotonic() - t0 < PAUSE_S:
+        time.sleep(0.02)
 
 
 def stalling_save(obj, f, *args, **kwargs):
@@ -64,7 +76,7 @@ def stalling_save(obj, f, *args, **kwargs):
         f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
         f.flush()
         (name.parent / "stalled").touch()
-        time.sleep(600)
+        time.sleep(PAUSE_S)
     return _torch_save(obj, f, *args, **kwargs)
 
 

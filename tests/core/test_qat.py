@@ -1,6 +1,7 @@
 """Quantisation-aware fine-tuning: prepared modules, the simulated int8 scheme, strip back to the float
 model, BatchNorm freezing, and a tiny --task qat run whose qat.pth loads like any checkpoint."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,29 +252,48 @@ def test_missing_export_extra_is_a_warning_naming_requirements(monkeypatch, tmp_
     assert len(messages) == 1 and "requirements-export.txt" in messages[0] and "onnx2tf" in messages[0]
 
 
-def test_task_qat_end_to_end_writes_a_checkpoint_load_weights_accepts(tmp_path):
+def test_task_qat_end_to_end_writes_a_checkpoint_load_weights_accepts(tmp_path, monkeypatch):
+    from core.evaluation.evaluator import Evaluator
     root = make_tiny_voc(tmp_path / "data", n_train=4, n_val=3)
     ov = tiny_overrides(root, **{"train.epochs": 1})
     assert main(["--config", "bccd_yolo_r18", "--task", "train", "--out", str(tmp_path / "run")] + ov) == 0
     ckpt = tmp_path / "run" / "last.pth"
     out = tmp_path / "qat"
-    assert main(["--task", "qat", "--ckpt", str(ckpt), "--out", str(out), "qat.epochs=2", "qat.batch_size=4",
-                 "qat.freeze_bn_epoch=1", "qat.export_int8=False", "eval.plots=False"]) == 0
+    # The tiny model's fake-quant mAP is 0 at every epoch, so epoch 0 would always stay the best: the real
+    # evaluations run, but report scripted scores (epoch 1 the best, not the last), and the float weights
+    # each evaluated epoch had are kept to compare with the file.
+    real_run, scores, weights = Evaluator.run, {0: 0.1, 1: 0.3, 2: 0.2}, {}
+
+    def scripted(self, model, loader, out_dir=None, epoch=None):
+        metrics = real_run(self, model, loader, out_dir, epoch)
+        if out_dir is not None and Path(out_dir).name == "val":  # the fake-quant evaluation of an epoch
+            weights[epoch] = {k: v.clone() for k, v in strip_qat(model).state_dict().items()}
+            metrics = {**metrics, "mAP": scores[epoch]}
+        return metrics
+    with monkeypatch.context() as m:
+        m.setattr(Evaluator, "run", scripted)
+        assert main(["--task", "qat", "--ckpt", str(ckpt), "--out", str(out), "qat.epochs=2", "qat.batch_size=4",
+                     "qat.freeze_bn_epoch=1", "qat.export_int8=False", "eval.plots=False"]) == 0
     saved = load_checkpoint(out / "qat.pth", required=("model", "config", "class_names", "epoch", "metrics"))
     rows = saved["qat"]["rows"]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["bn"] for r in rows] == ["-", "updating", "frozen"]
-    best = max(rows, key=lambda r: r["fake_quant_mAP"])
-    assert saved["epoch"] == saved["qat"]["best_epoch"] == best["epoch"]
-    assert saved["metrics"]["mAP"] == pytest.approx(best["fake_quant_mAP"])
+    assert [r["fake_quant_mAP"] for r in rows] == [0.1, 0.3, 0.2]
+    assert saved["epoch"] == saved["qat"]["best_epoch"] == 1 and saved["metrics"]["mAP"] == 0.3
+    # qat.pth holds the float weights of the best epoch (1): moved by its fine-tuning from the calibrated
+    # start (epoch 0), and not those of the last epoch (2), which moved them again.
+    assert list(saved["model"]) == list(weights[1])
+    assert all(torch.equal(v, weights[1][k]) for k, v in saved["model"].items())
+    for other in (0, 2):
+        assert any(not torch.equal(weights[other][k], v) for k, v in weights[1].items() if k.endswith(".weight")), other
     assert saved["class_names"] == ["RBC", "WBC", "Platelets"]
     assert not list(out.glob("*.tflite")) and not list(out.glob("*.onnx"))  # qat.export_int8=False
     original = load_checkpoint(ckpt)["ema"]["model"]
     assert list(saved["model"]) == list(original)
     model = load_weights(BaseConfig.from_dict(saved["config"]), str(out / "qat.pth"), "cpu")
     assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
-    if best["epoch"] > 0:  # the fine-tuning moved the weights
-        assert any(not torch.equal(saved["model"][k], original[k]) for k in original if k.endswith("weight"))
+    # Epoch 0 (calibrated, not trained) still has the checkpoint's weights: calibration sets quantiser ranges only.
+    assert all(torch.equal(v, original[k]) for k, v in weights[0].items() if k.endswith(".weight"))
     # --task val reads it like any checkpoint (config and class names from the file).
     assert main(["--task", "val", "--ckpt", str(out / "qat.pth"), "--out", str(tmp_path / "val")]) == 0
     assert (tmp_path / "val" / "metrics.json").is_file()

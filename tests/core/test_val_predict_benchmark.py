@@ -119,11 +119,36 @@ def test_val_bad_eval_value_is_a_config_error(trained, tmp_path):
 BENCH = ["eval.bench_iters=6", "eval.bench_warmup=1", "eval.bench_batch=2"]
 
 
-def test_benchmark_task_output_fields(trained, tmp_path):
+class ScriptedClock:
+    """time.perf_counter for core/evaluation/benchmark.py: each call gives the next of ``values`` (s)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def perf_counter(self) -> float:
+        assert self.values, "the benchmark read the clock more often than scripted"
+        return self.values.pop(0)
+
+
+def test_benchmark_task_output_fields(trained, tmp_path, monkeypatch):
+    import resource
+
+    import core.evaluation.benchmark as benchmark
+    from utils.logging import _rss_mb
     _, run, _ = trained
     ckpt = run / "last.pth"
     out = tmp_path / "bench"
-    assert main(["--task", "benchmark", "--ckpt", str(ckpt), "--out", str(out)] + BENCH) == 0
+    # bench_iters=6 latency calls (start and end read each), then the throughput span; latencies
+    # 4, 1, 3, 2, 9, 5 ms and 2 batches of 2 (max(2, 6 // 10)) in 8 ms.
+    starts = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    clock = ScriptedClock([t for t0, ms in zip(starts, [4, 1, 3, 2, 9, 5]) for t in (t0, t0 + ms / 1e3)]
+                          + [10.0, 10.008])
+    rss_before = _rss_mb()
+    with monkeypatch.context() as m:
+        m.setattr(benchmark, "time", clock)
+        assert main(["--task", "benchmark", "--ckpt", str(ckpt), "--out", str(out)] + BENCH) == 0
+    assert clock.values == []  # every scripted reading used
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     res = json.loads((out / "benchmark.json").read_text())
     info, (cpu,) = res["model"], res["runs"]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -131,10 +156,13 @@ def test_benchmark_task_output_fields(trained, tmp_path):
     n_params = sum(v.numel() for k, v in state["model"].items() if not k.endswith(buffers))
     assert info["params"] == n_params and info["gflops"] > 0 and info["img_size"] == 64
     assert info["checkpoint_mb"] == pytest.approx(ckpt.stat().st_size / 2**20)
-    lat = cpu["latency_ms"]
-    assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] and lat["mean"] > 0
+    # Sorted 1, 2, 3, 4, 5, 9 ms: mean 24 / 6 = 4; numpy's linear percentiles at rank q/100 * 5: p50 at 2.5
+    # -> 3.5, p95 at 4.75 -> 5 + 0.75 * 4 = 8, p99 at 4.95 -> 5 + 0.95 * 4 = 8.8; throughput 2 * 2 images
+    # / 0.008 s = 500 img/s.
+    assert cpu["latency_ms"] == pytest.approx({"mean": 4.0, "p50": 3.5, "p95": 8.0, "p99": 8.8, "min": 1.0})
     assert cpu["device"] == "cpu" and cpu["latency_iters"] == 6 and cpu["throughput_batch"] == 2
-    assert cpu["throughput_img_s"] > 0 and cpu["peak_memory_mb"] > 0
+    assert cpu["throughput_img_s"] == pytest.approx(500.0)
+    assert rss_before <= cpu["peak_memory_mb"] <= peak_after  # this process's peak, read during the run
     assert cpu["memory_kind"] == "process peak RSS"
     with_val = tmp_path / "val_bench"
     assert main(["--task", "val", "--ckpt", str(ckpt), "--out", str(with_val),

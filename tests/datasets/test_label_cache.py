@@ -198,14 +198,22 @@ def _build_in_child(cfg, log: Path, barrier) -> None:
     logger.info(f"got {len(records)} records")
 
 
+WAITING = "waiting for another process building the label cache of split 'train'"
+
+
 def test_one_process_scans_while_the_other_waits_and_loads(yolo, tmp_path, monkeypatch, caplog_loguru):
     """Scan once: of two processes building the same cache, one scans; the other logs that it
     waits on the lock, then loads the cache just written without stat-ing every file again."""
     root, cache = yolo
     scan, now = YoloParser.scan, FileStats.now
+    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
 
-    def slow_scan(self, *args):
-        time.sleep(1.0)  # the other process surely reaches the lock while this one holds it
+    def scan_once_the_other_waits(self, *args):
+        # The scanning process holds the lock until the other one has logged that it waits on it.
+        t0 = time.monotonic()
+        while not any(log.is_file() and WAITING in log.read_text() for log in logs):
+            assert time.monotonic() - t0 < 120, "the other process never waited on the lock"
+            time.sleep(0.01)
         return scan(self, *args)
 
     def logged_now(self):
@@ -213,20 +221,19 @@ def test_one_process_scans_while_the_other_waits_and_loads(yolo, tmp_path, monke
         logger.info("stat check of the cached files")
         return now(self)
 
-    monkeypatch.setattr(YoloParser, "scan", slow_scan)
+    monkeypatch.setattr(YoloParser, "scan", scan_once_the_other_waits)
     monkeypatch.setattr(FileStats, "now", logged_now)
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(2)
-    logs = [tmp_path / f"rank{i}.log" for i in range(2)]
     procs = [ctx.Process(target=_build_in_child, args=(_cfg(root, cache), log, barrier)) for log in logs]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+        p.join(300)  # hang guard (quiet: about a second)
+    assert [p.exitcode for p in procs] == [0, 0], [log.read_text() for log in logs if log.is_file()]
     texts = [log.read_text() for log in logs]
     scanned = [t for t in texts if "scanning split 'train' (no cache yet)" in t]
-    waited = [t for t in texts if "waiting for another process building the label cache of split 'train'" in t]
+    waited = [t for t in texts if WAITING in t]
     assert len(scanned) == 1 and len(waited) == 1 and scanned != waited
     assert "(just built by the process this one waited for)" in waited[0] and "from the cache" in waited[0]
     assert all("got 4 records" in t and "stat check" not in t for t in texts)
