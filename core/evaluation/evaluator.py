@@ -37,6 +37,9 @@ from models.postprocess import postprocess
 from utils.amp import autocast_for, fp32
 from utils.coco_eval import coco_evaluate, records_to_coco_gt, with_source_image_ids, write_results_json
 from utils.coco_results import CocoResults
+# At import, not at the first validation: importing rich draws from Python's global RNG, which a
+# resumed run would then do at another point of its stream than the uninterrupted run.
+from utils.dashboard import build_dashboard, history_entry, print_dashboard, render_text
 from utils.detections import Detections
 from utils.dist import DistInfo, broadcast_object, gather_object, unwrap
 from utils.files import write_json_atomic
@@ -165,7 +168,6 @@ class Evaluator:
              total_epochs: int | None = None, best_before: float | None = None,
              reference: dict | None = None) -> str:
         """Print the dashboard (if eval.dashboard) and save it as dashboard.txt; returns its plain text."""
-        from utils.dashboard import build_dashboard, print_dashboard, render_text
         board = build_dashboard(metrics, self.history or [], epoch=epoch, total_epochs=total_epochs,
                                 best_before=best_before, reference=reference,
                                 trend_epochs=self.cfg.eval.trend_epochs, seconds=self.seconds)
@@ -194,7 +196,6 @@ class Evaluator:
                     f"({metrics['backend']}, {n} images)")
 
     def _add_history(self, metrics: dict, epoch: int, out_dir: Path | None) -> None:
-        from utils.dashboard import history_entry
         if self.history is None:
             path = Path(out_dir) / "history.json" if out_dir is not None else None
             self.history = json.loads(path.read_text()) if path is not None and path.is_file() else []
