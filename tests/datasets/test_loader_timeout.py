@@ -106,6 +106,9 @@ def test_workers_outlive_a_stranger_sigterm_and_the_process_exits_with_them(tmp_
     proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in proc.stdout.readline().split()]
     for pid in pids:
+        # Ctrl-C reaches the whole foreground process group: the workers ignore SIGINT outright
+        assert proc_status(pid)["SigIgn"] >> (signal.SIGINT - 1) & 1, f"worker {pid} does not ignore SIGINT"
+        os.kill(pid, signal.SIGINT)
         os.kill(pid, signal.SIGTERM)  # from this test process: not the workers' parent
     for pid in pids:  # until each worker has taken its SIGTERM: consumed it, or died of it
         t0 = time.monotonic()
@@ -124,11 +127,18 @@ def test_workers_outlive_a_stranger_sigterm_and_the_process_exits_with_them(tmp_
 def sigterm_state(pid: int) -> str:
     """"pending" (a SIGTERM sent to it is not taken yet), "running", or "ended" (gone or a zombie)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        fields = proc_status(pid)
     except FileNotFoundError:
         return "ended"
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if fields["State"].strip().startswith(("Z", "X")):
+    if fields["State"].startswith(("Z", "X")):
         return "ended"
-    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)  # process- and thread-directed
+    pending = fields["ShdPnd"] | fields["SigPnd"]  # process- and thread-directed
     return "pending" if pending >> (signal.SIGTERM - 1) & 1 else "running"
+
+
+def proc_status(pid: int) -> dict:
+    """/proc/<pid>/status as {field: text}, its signal masks (Sig*, ShdPnd) as ints."""
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in
+                                        Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)}
+    masks = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return {k: int(v, 16) if k in masks else v for k, v in fields.items()}
