@@ -14,7 +14,6 @@ import torch
 from loguru import logger
 from tiny_data import make_tiny_voc, tiny_overrides
 
-import utils.dashboard  # noqa: F401 - see below
 from configs import load_config
 from core.loaders import build_train_loader
 from core.train import Trainer
@@ -23,8 +22,6 @@ from main import main
 from utils.checkpoint import CheckpointError, load_checkpoint, rng_state
 from utils.dist import DistInfo, seed_everything
 
-# utils.dashboard is imported here, before any run seeds the RNGs: its first import (rich/style.py:
-# ``count(getrandbits(24))``) draws from the global Python RNG, inside the first validation of a process.
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 FAST = {"eval.plots": False, "eval.dashboard": False}
 # The tiny run (tiny_overrides): 8 train images / batch 4 = 2 iterations per epoch, each an optimizer step;

@@ -14,7 +14,7 @@ from core.loaders import build_eval_loader
 from core.tasks import config_from_data
 from core.weights import load_weights
 from main import main
-from tiny_data import assert_same_predictions
+from tiny_data import assert_same_predictions, by_image
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo
 
