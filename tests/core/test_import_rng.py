@@ -10,7 +10,6 @@ CHECK = """
 import importlib, random
 import numpy as np, torch
 import core.train.trainer  # what a training process has imported when it seeds
-import torch.utils.tensorboard  # the trainer's writer, made before the first step
 
 def draws():
     return random.random(), float(np.random.rand()), float(torch.rand(1))
