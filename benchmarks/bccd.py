@@ -19,8 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from benchmarks.common import pick, print_result, tiny_mode
 from configs import load_config
 from core.train import Trainer
@@ -51,7 +49,7 @@ def main(argv: list[str]) -> None:
     set_cpu_threads(cfg.train.num_threads)
     run_dir = make_run_dir(cfg.train.save_dir, cfg.name)
     setup_logging(run_dir, 0, "train")
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo.single()
     t0 = time.time()
     trainer = Trainer(cfg, dist, run_dir)
     metrics = trainer.fit()

@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     quiet_logging()
     threads = set_cpu_threads(pick(tiny, 0, 1))
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo.single()
     best: dict[tuple[int, str], float] = {}
     with tempfile.TemporaryDirectory() as cache_dir:
         loaders = {(w, c): build_train_loader(make_config(c, w, cache_dir, args.mixup, pr), dist)[0]

@@ -49,7 +49,7 @@ from core.weights import load_weights
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo, set_cpu_threads
 
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 FORMATS = ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
 TINY_OVERRIDES = ["export.calib_count=4", "eval.max_images=8", "train.num_threads=1"]
 

@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import torch
 from loguru import logger
 
 from benchmarks.common import COLOURS, pick, print_result, tiny_mode, write_voc_dataset
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> None:
     set_cpu_threads(cfg.train.num_threads)
     logger.remove()  # the run's log goes to a file; this script prints only the table
     logger.add(work / "run" / "train.log", level="INFO")
-    cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cpu = DistInfo.single()
     trainer = Trainer(cfg, cpu, work / "run")
     recorder = RssRecorder()
     trainer.report.tb.attach_wandb(recorder)

@@ -23,8 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-
 from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
 from configs import apply_overrides
 from core.checks import validate
@@ -68,7 +66,7 @@ def main(argv: list[str]) -> None:
                                                                          *args.overrides]))
     set_cpu_threads(cfg.train.num_threads)
     resolve_class_names(cfg)
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo.single()
     model = load_weights(cfg, args.ckpt, dist.device)
     runs: dict[str, list[dict]] = {"square": [], "rect": []}
     for _ in range(args.repeats):

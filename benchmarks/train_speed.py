@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     set_cpu_threads(cfg.train.num_threads)
     run_dir = Path(tempfile.mkdtemp(prefix="train_speed_"))
     setup_logging(run_dir, 0, "train")
-    trainer = Trainer(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")), run_dir)
+    trainer = Trainer(cfg, DistInfo.single(), run_dir)
     trainer.model.train()
     trainer.train_loader.dataset.set_epoch(0)
     batches = endless(trainer.train_loader)

@@ -33,6 +33,11 @@ class DistInfo:
         """True on rank 0, the only rank that writes files and logs at INFO."""
         return self.rank == 0
 
+    @classmethod
+    def single(cls, device: torch.device | str = "cpu") -> DistInfo:
+        """One process on ``device``: no process group (benchmarks, tests, debug plots, QAT's scoring)."""
+        return cls(rank=0, local_rank=0, world_size=1, device=torch.device(device))
+
 
 def _env_int(name: str, default: int | None) -> int:
     raw = os.environ.get(name)

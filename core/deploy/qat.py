@@ -84,7 +84,7 @@ class QatFineTuner:
         tcfg.train.batch_size, tcfg.train.epochs = cfg.qat.batch_size, max(1, cfg.qat.epochs)
         self.train_loader, self.train_sampler = build_train_loader(tcfg, dist)
         # Every rank calibrates on the same images, so the ranges agree without a collective.
-        single = DistInfo(rank=0, local_rank=0, world_size=1, device=dist.device)
+        single = DistInfo.single(dist.device)
         self.calib_loader = build_eval_loader(cfg, single, "train")
         self.val_loader = build_eval_loader(cfg, dist, "val")
         self.evaluator = Evaluator(cfg, self.val_loader.dataset.records, dist)

@@ -26,7 +26,7 @@ IGNORE_RGB = (160, 160, 160)  # outline of ignore regions (cls -1) in sample plo
 def draw_assignments_for_config(cfg, run_dir: Path, ckpt: str | None = None) -> list[Path]:
     """Draw cfg.debug.num_batches batches of cfg.debug.split; returns the PNG paths."""
     resolve_class_names(cfg)
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo.single()
     cfg.eval.batch_size = cfg.debug.batch_size
     loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=cfg.debug.augment, rect=False)  # plots in file order
     if not ckpt:  # a checkpoint's config holds the anchors it was trained with
@@ -83,7 +83,7 @@ def draw_samples_for_config(cfg, run_dir: Path) -> list[Path]:
     (the training pipeline: mosaic, MixUp, CutMix, warp, colour, flips as configured, epoch 0)
     with their boxes and class names; ignore regions in grey. Returns the PNG paths."""
     resolve_class_names(cfg)
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo.single()
     cfg.eval.batch_size = cfg.debug.batch_size
     loader = build_eval_loader(cfg, dist, cfg.debug.split, augment=True)
     loader.dataset.set_epoch(0)

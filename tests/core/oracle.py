@@ -11,9 +11,13 @@ against an independent forward.
 ``perturb`` (a ``Perturbation``) shifts every second box of each image sideways so that its IoU with
 its ground truth is exactly ``iou`` and gives it a lower score: the COCO numbers of that prediction
 set are known by construction (``expected_coco``).
+
+``make_oracle_voc`` writes the BCCD images these tests use; ``oracle_cfg`` and ``evaluate`` run the
+real loader and Evaluator on them.
 """
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from configs import load_config
+from core.evaluation.evaluator import Evaluator
+from core.loaders import build_eval_loader
+from utils.dist import DistInfo
+
+CPU = DistInfo.single()
 PAD = 114 / 255.0  # the letterbox fill, as the model sees it
 THUMB = 12  # thumbnail side for identifying an image
 
@@ -197,3 +207,32 @@ def expected_coco(records, perturb: Perturbation, num_classes: int) -> dict[str,
                         for c in range(num_classes) if present[c]])
     per_t = np.array([np.ones_like(ap_high) if t <= perturb.iou else ap_high for t in thresholds])
     return {"mAP": float(per_t.mean()), "mAP50": float(per_t[0].mean()), "mAP75": float(per_t[5].mean())}
+
+
+# -- running the real evaluation on make_oracle_voc data -------------------------------------------
+def oracle_cfg(root: Path, **overrides):
+    base = {"data.root": str(root), "data.num_workers": 0, "data.cache_dir": str(root.parent / "cache"),
+            "eval.batch_size": 3, "eval.plots": False, "eval.dashboard": False, "train.num_threads": 1}
+    base.update(overrides)
+    return load_config("bccd_yolo_r18", [f"{k}={v!r}" for k, v in base.items()])
+
+
+def evaluate(cfg, model, out: Path) -> tuple[dict, list, list]:
+    """(metrics, predictions.json, records) of Evaluator.run on the val split, 1 process."""
+    loader = build_eval_loader(cfg, CPU, "val")
+    records = loader.dataset.records
+    metrics = Evaluator(cfg, records, CPU).run(model, loader, out)
+    return metrics, json.loads((out / "predictions.json").read_text()), list(records)
+
+
+def coco_xyxy(rows: list[dict], image_id: int) -> np.ndarray:
+    """[n, 4] xyxy of one image's rows of a COCO results list, sorted by (x1, y1)."""
+    b = np.array([r["bbox"] for r in rows if r["image_id"] == image_id], np.float64).reshape(-1, 4)
+    b[:, 2:] += b[:, :2]
+    return sorted_boxes(b)
+
+
+def sorted_boxes(boxes) -> np.ndarray:
+    """[n, 4] boxes sorted by (x1, y1): two lists of the same boxes compare row by row."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return b[np.lexsort((b[:, 1], b[:, 0]))]

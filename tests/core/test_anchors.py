@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from loguru import logger
 from tiny_data import make_tiny_voc, tiny_overrides
 
@@ -70,7 +69,7 @@ def test_training_stores_the_fitted_anchors_and_the_anchor_free_family_refuses_a
     root = make_tiny_voc(tmp_path / "data", n_train=8, n_val=2)
     cfg = load_config("bccd_yolo_r18", tiny_overrides(root, **{"model.anchors": "auto", "train.epochs": 1,
                                                                "eval.plots": False}))
-    cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cpu = DistInfo.single()
     Trainer(cfg, cpu, tmp_path / "run").fit()
     stored = load_checkpoint(tmp_path / "run" / "last.pth")["config"]["model"]["anchors"]
     assert stored != "auto" and np.array(stored).shape == (3, 3, 2) and stored == cfg.model.anchors

@@ -14,7 +14,7 @@ from core.train.selection import Verdict
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.dist import DistInfo
 
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False, "train.epochs": 2}
 
 

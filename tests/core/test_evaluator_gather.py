@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.multiprocessing as mp
 from tiny_data import free_port
 
@@ -71,7 +70,7 @@ def test_two_ranks_gather_to_rank0_and_score_like_one_process(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(root), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["gathered"] == [[1, 2, 3, 5], [1, 2, 4, 6]] and ranks[1]["gathered"] is None
-    cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cpu = DistInfo.single()
     single = Evaluator(_cfg(root), records, cpu).score(_predictions(records), tmp_path / "single")
     single = json.loads(json.dumps(single))  # the ranks' metrics went through json too
     assert 0.1 < single["mAP"] < 0.9 and single["num_images"] == 6
@@ -83,7 +82,7 @@ def test_two_ranks_gather_to_rank0_and_score_like_one_process(tmp_path):
 def test_scoring_names_images_without_predictions(tmp_path):
     root = _data(tmp_path / "y")
     records, _ = build_records(_cfg(root), "val")
-    cpu = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    cpu = DistInfo.single()
     dets = _predictions(records)
     del dets[4]
     with pytest.raises(RuntimeError, match=r"no predictions were produced for 1 val images \(e.g. image ids \[4\]\)"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_data import randomize_bn, train_tiny
+from tiny_data import assert_same_detections, by_image, randomize_bn, train_tiny
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -89,25 +89,9 @@ def test_export_task_writes_the_files(exported):
     assert meta["class_names"] == ["RBC", "WBC", "Platelets"]
 
 
-def assert_same_detections(a: list[dict], b: list[dict], box_tol: float, score_tol: float) -> None:
-    """Two detection lists of one image agree: the same count per class, and each detection of ``a``
-    has one in ``b`` of its class with the box and score within the tolerances (order-free: near-equal
-    scores may be listed in either order)."""
-    assert sorted(d["cls"] for d in a) == sorted(d["cls"] for d in b)
-    for d in a:
-        same = [e for e in b if e["cls"] == d["cls"]]
-        dist = [max(np.abs(np.subtract(e["box"], d["box"])).max() / box_tol,
-                    abs(e["score"] - d["score"]) / score_tol) for e in same]
-        assert min(dist) <= 1.0, (d, same[int(np.argmin(dist))])
-
-
 def _val(ckpt: Path, out: Path) -> tuple[dict, dict]:
     assert main(["--task", "val", "--ckpt", str(ckpt), "--out", str(out), "eval.plots=False"]) == 0
-    by_image: dict = {}
-    for p in json.loads((out / "predictions.json").read_text()):
-        by_image.setdefault(p["image_id"], []).append({"cls": p["category_id"], "box": p["bbox"],
-                                                        "score": p["score"]})
-    return json.loads((out / "metrics.json").read_text()), by_image
+    return json.loads((out / "metrics.json").read_text()), by_image(json.loads((out / "predictions.json").read_text()))
 
 
 def test_val_with_the_onnx_file_equals_the_checkpoint(exported, tmp_path):

@@ -17,7 +17,7 @@ from utils.checkpoint import TopKCheckpoints, load_checkpoint
 from utils.dist import DistInfo, seed_everything
 from utils.optim import freeze_plan
 
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False}
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
-from oracle import Perturbation, expected_coco, make_oracle_voc, oracle_for
-from test_oracle_eval import CPU, coco_xyxy, evaluate, oracle_cfg
+from oracle import CPU, Perturbation, coco_xyxy, evaluate, expected_coco, make_oracle_voc, oracle_cfg, oracle_for
 from tiny_data import free_port
 
 from core.evaluation.evaluator import Evaluator

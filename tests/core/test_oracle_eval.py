@@ -10,48 +10,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from oracle import Perturbation, expected_coco, make_oracle_voc, oracle_for, read_rgb
+from oracle import (
+    CPU,
+    Perturbation,
+    coco_xyxy,
+    evaluate,
+    expected_coco,
+    make_oracle_voc,
+    oracle_cfg,
+    oracle_for,
+    read_rgb,
+    sorted_boxes,
+)
 
-from configs import load_config
-from core.evaluation.evaluator import Evaluator
 from core.evaluation.predictor import Predictor
 from core.loaders import build_eval_loader
-from utils.dist import DistInfo
-
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     return make_oracle_voc(tmp_path_factory.mktemp("oracle") / "voc")
-
-
-def oracle_cfg(root: Path, **overrides):
-    base = {"data.root": str(root), "data.num_workers": 0, "data.cache_dir": str(root.parent / "cache"),
-            "eval.batch_size": 3, "eval.plots": False, "eval.dashboard": False, "train.num_threads": 1}
-    base.update(overrides)
-    return load_config("bccd_yolo_r18", [f"{k}={v!r}" for k, v in base.items()])
-
-
-def evaluate(cfg, model, out: Path) -> tuple[dict, list, list]:
-    """(metrics, predictions.json, records) of Evaluator.run on the val split, 1 process."""
-    loader = build_eval_loader(cfg, CPU, "val")
-    records = loader.dataset.records
-    metrics = Evaluator(cfg, records, CPU).run(model, loader, out)
-    return metrics, json.loads((out / "predictions.json").read_text()), list(records)
-
-
-def coco_xyxy(rows: list[dict], image_id: int) -> np.ndarray:
-    """[n, 4] xyxy of one image's rows of a COCO results list, sorted by (x1, y1)."""
-    b = np.array([r["bbox"] for r in rows if r["image_id"] == image_id], np.float64).reshape(-1, 4)
-    b[:, 2:] += b[:, :2]
-    return b[np.lexsort((b[:, 1], b[:, 0]))]
-
-
-def sorted_boxes(boxes) -> np.ndarray:
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return b[np.lexsort((b[:, 1], b[:, 0]))]
 
 
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])

@@ -29,7 +29,7 @@ from utils.dist import DistInfo
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("survival_child.py")
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False, "train.epochs": 2}
 WORKERS = {"data.num_workers": 2}  # the default: the kill tests run with DataLoader workers, as users do
 # Limits on waits for a child: hang guards only (a passing test never reaches them), at least 10x the time

@@ -22,7 +22,7 @@ from main import main
 from utils.checkpoint import CheckpointError, load_checkpoint, rng_state
 from utils.dist import DistInfo, seed_everything
 
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 FAST = {"eval.plots": False, "eval.dashboard": False}
 # The tiny run (tiny_overrides): 8 train images / batch 4 = 2 iterations per epoch, each an optimizer step;
 # Adam at lr 1e-3 for 16 images, so 1e-3 * 4 / 16 = 2.5e-4 for a batch of 4; cosine to 0.05 over 2 epochs =

@@ -19,7 +19,7 @@ from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo
 
 KEYS = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1", "AR10", "AR100")
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 
 
 def test_in_training_val_equals_task_val_of_the_saved_ema_weights(easy_run, tmp_path):

@@ -19,7 +19,7 @@ from models.coders import DistanceCoder, V7Coder
 from utils.checkpoint import load_checkpoint
 from utils.dist import DistInfo
 
-CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+CPU = DistInfo.single()
 
 
 @pytest.fixture(scope="module")

@@ -98,29 +98,37 @@ def easy_overrides(root: Path, **extra) -> list[str]:
     return tiny_overrides(root, **{**EASY, **extra})
 
 
-def by_image(rows: list[dict]) -> dict[int, list]:
-    """predictions.json rows grouped per image, each image's rows sorted."""
-    out: dict[int, list] = {}
+def by_image(rows: list[dict]) -> dict[int, list[dict]]:
+    """A COCO results list (predictions.json) as {image_id: [{"cls", "box" [x, y, w, h], "score"}]}."""
+    out: dict[int, list[dict]] = {}
     for r in rows:
-        out.setdefault(r["image_id"], []).append((r["category_id"], r["score"], r["bbox"]))
-    return {k: sorted(v) for k, v in out.items()}
+        out.setdefault(r["image_id"], []).append({"cls": r["category_id"], "box": r["bbox"], "score": r["score"]})
+    return out
 
 
-def assert_same_predictions(a: list[dict], b: list[dict], atol: float = 1e-3) -> None:
-    """Two COCO results lists hold the same detections per image (each row of ``a`` has one row of
-    ``b``, same category, score and box within ``atol``): float noise of another memory layout or
-    batch composition passes, other weights do not."""
+def assert_same_detections(a: list[dict], b: list[dict], box_tol: float, score_tol: float) -> None:
+    """Two detection lists of one image ({"cls", "box", "score"}) agree, order-free (near-equal scores
+    may be listed in either order): one to one, each detection of ``a`` has its own in ``b`` of its
+    class with the box and score within the tolerances."""
+    assert sorted(d["cls"] for d in a) == sorted(d["cls"] for d in b)
+    if not a:
+        return
+    cost = np.array([[max(np.abs(np.subtract(e["box"], d["box"])).max() / box_tol,
+                          abs(e["score"] - d["score"]) / score_tol) if e["cls"] == d["cls"] else np.inf
+                      for e in b] for d in a])
+    nearest = cost.argmin(1)
+    assert len(set(nearest.tolist())) == len(b), "two detections have the same nearest one"
+    worst = int(cost[np.arange(len(a)), nearest].argmax())
+    assert cost[worst, nearest[worst]] <= 1.0, (a[worst], b[nearest[worst]])
+
+
+def assert_same_predictions(a: list[dict], b: list[dict], box_tol: float = 1e-3, score_tol: float = 1e-5) -> None:
+    """Two predictions.json lists hold the same detections, image by image: float noise of another
+    memory layout or batch composition passes, other weights do not."""
     pa, pb = by_image(a), by_image(b)
     assert sorted(pa) == sorted(pb)
-    for image_id, rows in pa.items():
-        other = pb[image_id]
-        assert len(rows) == len(other), image_id
-        x = np.array([[c, s * 100, *box] for c, s, box in rows])  # score in percent: same tolerance
-        y = np.array([[c, s * 100, *box] for c, s, box in other])
-        cost = np.abs(x[:, None] - y[None]).max(-1)
-        nearest = cost.argmin(1)
-        assert sorted(nearest.tolist()) == list(range(len(y))), image_id  # one to one
-        assert cost[np.arange(len(x)), nearest].max() < atol, (image_id, cost.min(1).max())
+    for image_id, dets in pa.items():
+        assert_same_detections(dets, pb[image_id], box_tol, score_tol)
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from tests.datasets.three_formats import (
 )
 from utils.dist import DistInfo
 
-DIST = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+DIST = DistInfo.single()
 
 
 @pytest.fixture
