@@ -122,8 +122,8 @@ def main(argv: list[str]) -> None:
     print(f"{len(a)} numbers compared, max |difference| {diff:.3g}; speedup {speedup:.2f}x "
           f"(medians {speedup_med:.2f}x)")
     print_result({"identical": diff <= 1e-12, "speedup": round(speedup, 2), "speedup_median": round(speedup_med, 2),
-                  "faster_coco_eval_s": round(best["faster_coco_eval"], 4),
-                  "pycocotools_s": round(best["pycocotools"], 4), "max_abs_diff": diff,
+                  "faster_coco_eval_s": round(best["faster_coco_eval"], 6),
+                  "pycocotools_s": round(best["pycocotools"], 6), "max_abs_diff": diff,
                   "numbers_compared": len(a), "images": len(records), "detections": n_det,
                   "mAP": round(m["mAP"], 4)})
 

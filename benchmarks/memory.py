@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     recorder = RssRecorder()
     trainer.report.tb.attach_wandb(recorder)
     trainer.fit()
-    rss = recorder.rss_mb
+    rss = [round(v, 1) for v in recorder.rss_mb]  # the table's figures: growth and slope come from what it prints
     if len(rss) < 2:
         sys.exit(f"only {len(rss)} epochs recorded memory (is /proc available?)")
     growth = (max(rss[1:]) - rss[0]) / rss[0]
