@@ -1,44 +1,48 @@
-"""Training data pipeline throughput, uncached and RAM-cached, next to a YOLOv9-T training step.
+"""Training samples per CPU core, uncached, LMDB-cached and RAM-cached; the 2-worker pipeline next to
+what a YOLOv9-T step consumes; a large-image case. Optionally side by side with another checkout.
 
-    python benchmarks/dataloader.py [--mixup P] [--batches N] [--steps N] [--tiny]
+    python benchmarks/dataloader.py [--baseline DIR] [--rounds N] [--workers-epochs N] [--tiny]
 
-Protocol (the issue's): the bundled BCCD train split (205 images of 640x480), 640 px, batch
-16, the YOLOv9 augmentation recipe (mosaic 1.0, MixUp with probability ``--mixup``, default 1.0
-so every sample is a MixUp of two mosaics: 8 images decoded; zoom 0.1..1.9, translate 0.1, HSV,
-flips), for 0 and 2 DataLoader workers, without a cache and with ``data.cache_images=ram``
-(resized to 640 on the long side, built once beforehand). Each configuration is timed over
-``--batches`` batches after one warm-up batch, in alternating rounds so machine noise hits all
-alike; the best round counts. Then a YOLOv9-T forward + backward (training mode, auxiliary
-branch included, channels_last, random input) at batch 16, 640 px gives the images per second
-the training step consumes; a 2-worker pipeline faster than that is not the bottleneck.
+Protocol (issue 19, Ultralytics' defaults): the bundled BCCD train split (205 images of 640x480),
+640 px, batch 16, mosaic 1.0, MixUp 0, zoom 0.5..1.5, translate 0.1, HSV 0.015/0.7/0.4, left-right
+flip 0.5. A configuration's figure is the samples per second of one whole training epoch (epoch 1,
+its start included; epoch 0 before it warms up the process), iterated through the trainer's own
+loader (``core.loaders.build_train_loader``: sampler, mosaic buffer, collate).
 
-Last line: RESULT {"uncached": .., "ram_cached": .., "cache_speedup": .., "train_step_img_per_s": ..}
-with the 2-worker samples per second (0-worker figures under "..._0w").
+1. Per core: 0 DataLoader workers, one torch thread and one OpenCV thread, in a fresh process per
+   configuration and round: ``data.cache_images`` none, disk (the LMDB file) and ram (its shared
+   copy), the caches resized to 640 and built before the timing.
+2. ``--baseline DIR`` (a checkout of another commit, e.g. ``git worktree add /tmp/base main``): every
+   per-core configuration also runs with DIR's code, in alternating rounds with this checkout, so
+   machine noise hits both alike; the speedups are this checkout over DIR's, best round against best.
+3. Two workers (this checkout, uncached, ``--workers-epochs`` epochs after a warm-up epoch) against a
+   YOLOv9-T forward + backward at batch 16, 640 px, on the main process's threads: a pipeline faster
+   than the step is not the bottleneck.
+4. Large images: 48 synthetic 1920x1080 JPEGs written on the fly (natural-looking gradients and
+   noise, quality 90), the same recipe per core uncached, where a reduced-size decode pays most.
 
---tiny (or BENCH_TINY=1, benchmarks/common.py): the same configurations on ~20 train images at 64 px,
-batch 4, one round of --batches 2 and --steps 1, one thread; its figures only show that the script works.
+Last line: RESULT {"uncached", "lmdb_cached", "ram_cached", "large_uncached", "workers2",
+"train_step_img_per_s", "cpu_threads"} in samples/s, plus with --baseline "baseline_<key>" and
+"<key>_speedup" for the four per-core keys.
+
+--tiny (or BENCH_TINY=1, benchmarks/common.py): 64 px, batch 4, a tenth of the split, 8 large images of
+192x108, one round; its figures only show that the script works.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch
-
-from benchmarks.common import pick, print_result, quiet_logging, tiny_mode
-from configs.bccd_yolo_r18 import BccdYoloR18
-from core.checks import validate
-from core.loaders import build_train_loader
-from utils.dist import DistInfo, set_cpu_threads
-
-WORKERS = (0, 2)
-CACHES = ("none", "ram")
+REPO = Path(__file__).resolve().parents[1]
+PER_CORE = ("uncached", "lmdb_cached", "ram_cached", "large_uncached")
+CACHE_OF = {"uncached": "none", "lmdb_cached": "disk", "ram_cached": "ram", "large_uncached": "none"}
 
 
 @dataclass(frozen=True)
@@ -47,40 +51,109 @@ class Protocol:
     batch: int = 16
     rounds: int = 3  # alternating timing rounds; the best counts
     fraction: float = 1.0  # data.data_fraction of the BCCD train split
+    large_images: int = 48  # synthetic 1920x1080 JPEGs
+    large_hw: tuple[int, int] = (1080, 1920)
 
 
-TINY = Protocol(size=64, batch=4, rounds=1, fraction=0.1)
+TINY = Protocol(size=64, batch=4, rounds=1, fraction=0.1, large_images=8, large_hw=(108, 192))
 
 
-def make_config(cache: str, workers: int, cache_dir: str, mixup: float, pr: Protocol) -> BccdYoloR18:
+def _protocol() -> Protocol:
+    return TINY if os.environ.get("BENCH_TINY", "") == "1" else Protocol()
+
+
+# -- one measurement, in a child process whose sys.path starts at the code under test -------------
+def measure(code: Path, key: str, work: Path, large_root: Path | None, workers: int, epochs: int) -> float:
+    """Samples/s of epoch(s) after one warm-up epoch, with the code in ``code`` (imported from there)."""
+    sys.path.insert(0, str(code))
+    import cv2
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    from configs.bccd_yolo_r18 import BccdYoloR18
+    from core.checks import validate
+    from core.loaders import build_train_loader
+    from utils.dist import DistInfo, set_cpu_threads
+
+    pr = _protocol()
+    set_cpu_threads(1)
+    cv2.setNumThreads(1)
     cfg = BccdYoloR18()
-    cfg.data.img_size, cfg.train.batch_size, cfg.data.data_fraction = pr.size, pr.batch, pr.fraction
-    cfg.data.num_workers, cfg.data.cache_images, cfg.data.cache_dir = workers, cache, cache_dir
-    # Workers end with their iterator: persistent ones would go on filling their prefetch queue
-    # while the next configuration is timed, and steal its CPU.
-    cfg.data.persistent_workers = False
+    cfg.data.root = str(code / "data" / "BCCD") if large_root is None else str(large_root)
+    if large_root is not None:
+        cfg.data.class_names = ["red", "green", "blue"]
+    cfg.data.img_size, cfg.train.batch_size = pr.size, pr.batch
+    cfg.data.data_fraction = pr.fraction if large_root is None else 1.0
+    cfg.data.num_workers, cfg.data.cache_images = workers, CACHE_OF[key]
+    cfg.data.cache_dir = str(work / "cache")
     a = cfg.aug
-    a.mosaic_prob, a.mixup_prob, a.scale, a.translate = 1.0, mixup, (0.1, 1.9), 0.1
-    a.hsv_h, a.hsv_s, a.hsv_v, a.hflip_prob, a.vflip_prob = 0.015, 0.7, 0.4, 0.5, 0.5
-    return validate(cfg)
+    a.mosaic_prob, a.mixup_prob, a.cutmix_prob, a.scale, a.translate = 1.0, 0.0, 0.0, (0.5, 1.5), 0.1
+    a.hsv_h, a.hsv_s, a.hsv_v, a.hflip_prob, a.vflip_prob = 0.015, 0.7, 0.4, 0.5, 0.0
+    loader, sampler = build_train_loader(validate(cfg), DistInfo.single())
+    n, seconds = 0, 0.0
+    for epoch in range(1 + epochs):  # epoch 0 warms up (imports, workers, page cache)
+        sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        t0 = time.perf_counter()
+        count = sum(images.shape[0] for images, _, _ in loader)
+        if epoch:
+            n, seconds = n + count, seconds + time.perf_counter() - t0
+    return n / seconds
 
 
-def samples_per_second(loader, batches: int) -> float:
-    """Samples/s over ``batches`` batches after one warm-up batch (worker start, first decode)."""
-    loader.dataset.set_epoch(0)
-    it = iter(loader)
-    next(it)
-    t0 = time.perf_counter()
-    n = 0
-    for _ in range(batches):
-        images, _, _ = next(it)
-        n += images.shape[0]
-    rate = n / (time.perf_counter() - t0)
-    del it  # shuts the workers down
-    return rate
+def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: int = 0, epochs: int = 1) -> float:
+    cmd = [sys.executable, __file__, "--measure", key, "--code", str(code), "--work", str(work),
+           "--workers", str(workers), "--workers-epochs", str(epochs)]
+    if large_root is not None:
+        cmd += ["--large-root", str(large_root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(code))
+    if out.returncode:
+        sys.exit(f"measuring {key} with the code in {code} failed:\n{out.stderr[-3000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
-def _outputs(x) -> list[torch.Tensor]:
+# -- the large-image set ----------------------------------------------------------------------------
+def write_large_voc(root: Path, n: int, hw: tuple[int, int]) -> Path:
+    """``n`` JPEGs of ``hw`` (smooth colour fields, noise and 3-6 rectangles) in VOC layout, all train."""
+    import cv2
+    import numpy as np
+
+    from benchmarks.common import COLOURS
+    rng = np.random.default_rng(0)
+    h, w = hw
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations").mkdir(exist_ok=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    names = []
+    for i in range(n):
+        f = rng.uniform(2, 12, 3)
+        img = np.stack([np.sin(x / w * f[0] + i), np.cos(y / h * f[1]), np.sin((x + y) / (h + w) * f[2])], 2)
+        img = (img * 80 + 128 + rng.normal(0, 12, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        objs = []
+        for _ in range(int(rng.integers(3, 7))):
+            name = str(rng.choice(list(COLOURS)))
+            bw, bh = int(rng.uniform(0.05, 0.3) * w), int(rng.uniform(0.05, 0.3) * h)
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            img[y0:y0 + bh, x0:x0 + bw] = COLOURS[name]
+            objs.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin>"
+                        f"<ymin>{y0}</ymin><xmax>{x0 + bw}</xmax><ymax>{y0 + bh}</ymax></bndbox></object>")
+        stem = f"large_{i:04d}"
+        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size>{''.join(objs)}</annotation>")
+        names.append(stem)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names) + "\n")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("\n".join(names[:2]) + "\n")
+    return root
+
+
+# -- the training step --------------------------------------------------------------------------------
+def _outputs(x) -> list:
+    import torch
     if isinstance(x, torch.Tensor):
         return [x]
     if isinstance(x, dict):
@@ -89,7 +162,9 @@ def _outputs(x) -> list[torch.Tensor]:
 
 
 def train_step_images_per_second(steps: int, pr: Protocol) -> float:
-    """YOLOv9-T forward + backward on random input (640 px, batch 16 by the protocol), as the trainer runs it."""
+    """YOLOv9-T forward + backward on random input (batch and size of the protocol), as the trainer runs it."""
+    import torch
+
     from models.nets import build_net
     model = build_net("v9-t", 3).train().to(memory_format=torch.channels_last)
     x = torch.rand(pr.batch, 3, pr.size, pr.size).contiguous(memory_format=torch.channels_last)
@@ -106,44 +181,78 @@ def train_step_images_per_second(steps: int, pr: Protocol) -> float:
 
 
 def main(argv: list[str]) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import pick, print_result, tiny_mode
+    from utils.dist import set_cpu_threads
+
     tiny = tiny_mode(argv)
-    pr = pick(tiny, Protocol(), TINY)
+    pr = _protocol()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mixup", type=float, default=1.0, help="MixUp probability on mosaic samples")
-    p.add_argument("--batches", type=int, default=pick(tiny, 8, 2), help="timed batches per configuration and round")
+    p.add_argument("--baseline", default="", help="a checkout of other code to measure side by side")
+    p.add_argument("--rounds", type=int, default=pr.rounds, help="alternating rounds; the best counts")
+    p.add_argument("--workers-epochs", type=int, default=pick(tiny, 3, 1), help="timed epochs of the 2-worker loader")
     p.add_argument("--steps", type=int, default=pick(tiny, 3, 1), help="timed YOLOv9-T training steps")
     args = p.parse_args(argv)
-    quiet_logging()
-    threads = set_cpu_threads(pick(tiny, 0, 1))
-    dist = DistInfo.single()
-    best: dict[tuple[int, str], float] = {}
-    with tempfile.TemporaryDirectory() as cache_dir:
-        loaders = {(w, c): build_train_loader(make_config(c, w, cache_dir, args.mixup, pr), dist)[0]
-                   for w in WORKERS for c in CACHES}
-        for _ in range(pr.rounds):
-            for key, loader in loaders.items():
-                best[key] = max(best.get(key, 0.0), samples_per_second(loader, args.batches))
-        del loaders  # stop the workers before timing the model
+    codes = {"new": REPO}
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        if not (base / "core" / "loaders.py").is_file() or not (base / "data" / "BCCD").is_dir():
+            sys.exit(f"--baseline {base}: not a checkout of this repo with its data/BCCD")
+        codes["baseline"] = base
+    best: dict[tuple[str, str], float] = {}
+    with tempfile.TemporaryDirectory(prefix="dataloader_bench_") as tmp:
+        work = Path(tmp)
+        large = write_large_voc(work / "large", pr.large_images, pr.large_hw)
+        for r in range(args.rounds):
+            for key in PER_CORE:
+                for name, code in codes.items():
+                    rate = _child(code, key, work / name, large if key.startswith("large") else None)
+                    best[(name, key)] = max(best.get((name, key), 0.0), rate)
+                    print(f"round {r + 1}: {name:<8} {key:<15} {rate:8.1f} samples/s", flush=True)
+        workers2 = _child(REPO, "uncached", work / "new", None, workers=2, epochs=args.workers_epochs)
+    threads = set_cpu_threads(0)
     step = train_step_images_per_second(args.steps, pr)
 
     subset = f" ({pr.fraction:g} of it)" if pr.fraction < 1 else ""
-    print(f"\nBCCD train{subset}, {pr.size} px, batch {pr.batch}, mosaic 1.0 + MixUp {args.mixup}, "
-          f"{threads} torch threads; samples/s (best of {pr.rounds} rounds of {args.batches} batches)")
-    print(f"{'workers':>8} {'uncached':>10} {'ram cache':>10} {'speedup':>8}")
-    for w in WORKERS:
-        u, r = best[(w, "none")], best[(w, "ram")]
-        print(f"{w:>8} {u:>10.1f} {r:>10.1f} {r / u:>7.2f}x")
-    u2, r2 = best[(2, "none")], best[(2, "ram")]
-    print(f"\nYOLOv9-T forward+backward, batch {pr.batch}, {pr.size} px: {step:.2f} img/s")
-    print(f"2-worker pipeline vs training step: uncached {u2:.1f} vs {step:.2f} img/s ({u2 / step:.1f}x), "
-          f"ram cache {r2:.1f} vs {step:.2f} img/s ({r2 / step:.1f}x): "
-          f"{'not the bottleneck' if min(u2, r2) > step else 'THE BOTTLENECK'}")
-    result = {"uncached": round(u2, 2), "ram_cached": round(r2, 2), "cache_speedup": round(r2 / u2, 2),
-              "train_step_img_per_s": round(step, 3), "uncached_0w": round(best[(0, "none")], 2),
-              "ram_cached_0w": round(best[(0, "ram")], 2),
-              "cache_speedup_0w": round(best[(0, "ram")] / best[(0, "none")], 2), "mixup_prob": args.mixup}
+    print(f"\nBCCD train{subset}, {pr.size} px, batch {pr.batch}, mosaic 1.0, zoom 0.5..1.5, HSV, flips; "
+          f"samples/s per core (0 workers, 1 thread), best of {args.rounds} rounds of one epoch")
+    head = f"{'':<16}{'this code':>10}" + (f"{'baseline':>10}{'speedup':>9}" if args.baseline else "")
+    print(head)
+    result: dict[str, float | int] = {}
+    for key in PER_CORE:
+        new = best[("new", key)]
+        result[key] = round(new, 2)
+        row = f"{key:<16}{new:>10.1f}"
+        if args.baseline:
+            old = best[("baseline", key)]
+            result[f"baseline_{key}"], result[f"{key}_speedup"] = round(old, 2), round(new / old, 3)
+            row += f"{old:>10.1f}{new / old:>8.2f}x"
+        print(row)
+    large_note = f"{pr.large_images} synthetic {pr.large_hw[1]}x{pr.large_hw[0]} JPEGs"
+    print(f"(large_uncached: {large_note})")
+    print(f"\n2 workers, uncached: {workers2:.1f} samples/s; YOLOv9-T forward+backward, batch {pr.batch}, "
+          f"{pr.size} px, {threads} threads: {step:.2f} img/s ({workers2 / step:.1f}x: "
+          f"{'not the bottleneck' if workers2 > step else 'THE BOTTLENECK'})")
+    result.update({"workers2": round(workers2, 2), "train_step_img_per_s": round(step, 3), "cpu_threads": threads})
     print_result(result)
 
 
+def _measure_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--measure", required=True)
+    p.add_argument("--code", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--large-root", default="")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers-epochs", type=int, default=1)
+    a = p.parse_args(argv)
+    rate = measure(Path(a.code), a.measure, Path(a.work), Path(a.large_root) if a.large_root else None,
+                   a.workers, a.workers_epochs)
+    print(json.dumps(rate))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if "--measure" in sys.argv:
+        _measure_main(sys.argv[1:])
+    else:
+        main(sys.argv[1:])

@@ -35,6 +35,7 @@ class DataCfg:
     encrypt_cache: bool = False  # AES-GCM encrypt cached labels and images with the key in key_env
     data_fraction: float = 1.0  # train on this stratified fraction of the train split (val whole)
     num_workers: int = 2  # DataLoader worker processes per rank (0 = load in the main process)
+    mosaic_buffer: int = -1  # resized images each worker keeps as mosaic/MixUp/CutMix partners (its last primaries): -1 = min(8 batches, 192 MB), 0 = off (partners from the whole split)
     pin_memory: bool = True  # page-locked host memory for faster host-to-GPU copies (CUDA only)
     prefetch_factor: int = 2  # batches each worker prepares ahead
     persistent_workers: bool = True  # keep workers alive between epochs (the epoch still reaches them)

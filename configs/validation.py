@@ -176,6 +176,8 @@ def _check_data_and_aug(cfg: Any) -> None:
     for key in ("aug.close_mosaic_epochs", "aug.min_box_size", "data.num_workers", "data.loader_timeout_s"):
         if cfg.get(key) < 0:
             raise ConfigError(f"{key}={cfg.get(key)} must not be negative")
+    if cfg.data.mosaic_buffer < -1:
+        raise ConfigError(f"data.mosaic_buffer={cfg.data.mosaic_buffer} must be -1 (auto), 0 (off) or a number of images")
     if cfg.data.prefetch_factor < 1:
         raise ConfigError(f"data.prefetch_factor={cfg.data.prefetch_factor} must be at least 1")
     if not 0.0 < cfg.data.data_fraction <= 1.0:

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from configs.base_config import BaseConfig, ConfigError
 from datasets import build_dataloader, build_dataset
+from datasets.dataset import mosaic_buffer_size
 from utils.dist import DistInfo
 
 
@@ -31,8 +32,9 @@ def build_train_loader(cfg: BaseConfig, dist: DistInfo) -> tuple[DataLoader, Sam
     """Augmented training loader and its sampler; the dataset knows the epoch count, so
     ``aug.close_mosaic_epochs`` follows ``set_epoch`` (also after a resume)."""
     ds = build_dataset(cfg, "train", train=True, augment=True)
-    return build_dataloader(ds, per_rank_batch(cfg.train.batch_size, dist, "train.batch_size"), train=True,
-                            **loader_kwargs(cfg, dist))
+    batch = per_rank_batch(cfg.train.batch_size, dist, "train.batch_size")
+    return build_dataloader(ds, batch, train=True, **loader_kwargs(cfg, dist),
+                            mosaic_buffer=mosaic_buffer_size(cfg.data.mosaic_buffer, batch, cfg.data.img_size))
 
 
 def build_eval_loader(cfg: BaseConfig, dist: DistInfo, split: str = "val", augment: bool = False,

@@ -1,6 +1,6 @@
 """DetectionDataset, collate and DataLoader construction (one data contract for every split).
 
-Item: ``(image uint8 [3, H, W], target float32 [n, 5] = (cls, x1, y1, x2, y2) in input-image
+Item: ``(image uint8 [3, H, W] (a view of HWC pixels), target float32 [n, 5] = (cls, x1, y1, x2, y2) in input-image
 pixels with ignore regions as cls = -1, meta)``. Batch: ``(images uint8 [B, 3, H, W] (``to_input`` makes the float 0..1 model input),
 targets float32 [N, 6] = (batch_idx, cls, x1, y1, x2, y2), metas)``.
 
@@ -8,8 +8,12 @@ Images come from the image cache when there is one (``datasets.image_cache``), e
 configured loader (``datasets.loaders``); both give the same pixels.
 
 Reproducibility: sample i of epoch e draws all randomness from
-``np.random.default_rng([seed, e, i])``, so augmentation depends on (seed, epoch, index) only,
-never on the worker count. The epoch lives in shared memory so ``set_epoch`` reaches
+``np.random.default_rng([seed, e, i])``. Its mosaic, MixUp and CutMix partners come from the pool
+the training sampler attaches to it (``datasets.samplers.PoolSampler``: the images the same worker
+loaded last, kept decoded in a buffer, ``data.mosaic_buffer``), so a sample depends on (seed, epoch,
+rank, position, batch size, worker count); without a pool (``data.mosaic_buffer=0``, or
+``dataset[i]`` called directly) partners are drawn from the whole split and a sample depends on
+(seed, epoch, index) only. The epoch lives in shared memory so ``set_epoch`` reaches
 persistent workers; call it before ``iter(loader)``. The same shared epoch switches the
 multi-image augmentations off for the last ``aug.close_mosaic_epochs`` epochs, in running
 workers and after a resume alike (the trainer calls ``set_epoch`` with the resumed epoch).
@@ -24,6 +28,7 @@ import signal
 import threading
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from loguru import logger
@@ -31,20 +36,50 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, ge
 
 from datasets.augment import TrainAugment
 from datasets.image_cache import ImageCache
-from datasets.image_io import ImageError
+from datasets.image_io import ImageError, reduced_hw
 from datasets.limits import warn_small_shm, workers_within_file_limit
 from datasets.loaders import ImageLoader, PilLoader
 from datasets.records import Record, RecordTable
-from datasets.samplers import RectBatchSampler, SeededRandomSampler, ShardSampler, rect_batches
+from datasets.samplers import PoolSampler, RectBatchSampler, SeededRandomSampler, ShardSampler, rect_batches
 from datasets.transforms import (
     boxes_to_letterbox,
     letterbox,
     letterbox_params,
     resize_long_side,
+    resized_hw,
 )
 from utils.memory import release_free_memory, trim_heap
 
 _MAX_REPLACEMENTS = 10  # train: how many other images to try when one fails to decode
+_BUFFER_BUDGET = 192 * 2**20  # data.mosaic_buffer=-1: bytes of resized images a worker may keep
+_BUFFER_PER_BATCH = 8  # data.mosaic_buffer=-1: at most this many batches' worth of images
+
+
+def mosaic_buffer_size(setting: int, batch_size: int, img_size: int) -> int:
+    """Images a worker keeps decoded for mosaic partners: ``setting`` (data.mosaic_buffer) when
+    >= 0, else (-1, auto) 8 batches' worth, at most what 192 MB holds at img_size x img_size:
+    with 8 ranks x 8 workers a node then holds at most 12 GB of them (128 images of 1.2 MB at 640 px)."""
+    if setting >= 0:
+        return setting
+    return max(1, min(_BUFFER_PER_BATCH * batch_size, _BUFFER_BUDGET // (3 * img_size * img_size)))
+
+
+def load_resized(loader: ImageLoader, file: str, img_hw: tuple[int, int], size: int) -> np.ndarray:
+    """Decode ``file`` (scanned upright size ``img_hw``) and resize it so its long side is ``size``
+    (``resized_hw``); a loader with ``load_scaled`` may decode a large JPEG at 1/2, 1/4 or 1/8 of its
+    size first (the result has the same size, so boxes scale exactly as after a full decode).
+
+    Raises ImageError when the decoded size is not the scanned one (the file changed after the scan).
+    """
+    target = resized_hw(img_hw, size)
+    scaled = getattr(loader, "load_scaled", None)
+    img = scaled(file, target) if scaled is not None and target[0] * 2 <= img_hw[0] else loader.load(file)
+    hw = tuple(img.shape[:2])
+    if hw == tuple(img_hw):
+        return resize_long_side(img, size)
+    if hw not in {reduced_hw(img_hw, k) for k in (2, 4, 8)}:
+        raise ImageError(f"{file}: size {hw} differs from the scanned {tuple(img_hw)} (file changed after the scan?)")
+    return cv2.resize(img, target[::-1], interpolation=cv2.INTER_AREA)  # reduced covers target: shrink or equal
 _Item = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (index used, image HWC, boxes [n, 4], labels [n])
 
 
@@ -74,6 +109,9 @@ class DetectionDataset(Dataset):
         self.epochs = epochs
         self.augment = TrainAugment(aug_cfg, img_size) if train and aug_cfg is not None else None
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.pool_size = 0  # PoolSampler's size, set by build_dataloader (before the workers fork)
+        self._buffer: dict[int, tuple[int, np.ndarray]] = {}  # sampler index -> (index used, resized image)
+        self.buffer_stats = {"hits": 0, "decodes": 0}  # of resized training loads, in this process
         self._closed_announced = False
         self.canvas_hw: np.ndarray | None = None  # [N, 2] (h, w) letterbox canvas per index; None = square
 
@@ -125,11 +163,12 @@ class DetectionDataset(Dataset):
                                  f"{tuple(rec.img_hw)} (file changed after the scan?)")
         return img
 
-    def _load_train(self, index: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
-        """Load ``index``; if it fails, warn and use another random index (never crash a worker)."""
+    def _load_train(self, index: int, rng: np.random.Generator, size: int = 0) -> tuple[int, np.ndarray]:
+        """Load ``index`` (resized to long side ``size`` when > 0); if it fails, warn and use another
+        random index (never crash a worker)."""
         for _ in range(_MAX_REPLACEMENTS):
             try:
-                return index, self._image(index)
+                return index, self._image(index) if not size else self._resized(index, size)
             except ImageError as e:
                 new = int(rng.integers(len(self)))
                 logger.warning(f"{e}; train index {index} replaced by index {new}")
@@ -137,14 +176,38 @@ class DetectionDataset(Dataset):
         raise RuntimeError(f"{_MAX_REPLACEMENTS} consecutive training images failed to decode "
                            f"(last: {self.records[index].file}); re-run the scan")
 
-    def _load_resized(self, index: int, rng: np.random.Generator) -> _Item:
-        """(index used, image with long side img_size, boxes and labels in its pixels)."""
-        index, img = self._load_train(index, rng)
-        img = resize_long_side(img, self.img_size)
+    def _resized(self, index: int, size: int) -> np.ndarray:
+        """[h, w, 3] uint8 of record ``index`` with long side ``size``: from the cache or decoded."""
+        rec = self.records[index]
+        img = self.image_cache.get(index) if self.image_cache is not None else None
+        if img is not None:
+            return resize_long_side(img, size)
+        return load_resized(self.loader, rec.file, tuple(rec.img_hw), size)
+
+    def _load_resized(self, index: int, rng: np.random.Generator, keep: bool = False) -> _Item:
+        """(index used, image with long side img_size, boxes and labels in its pixels); ``keep``: the
+        image is kept in the mosaic buffer (a pool member: a primary, or a partner drawn from a pool)."""
+        hit = self._buffer.get(index)
+        if hit is not None:
+            self.buffer_stats["hits"] += 1
+            index, img = hit
+        else:
+            self.buffer_stats["decodes"] += 1
+            used, img = self._load_train(index, rng, self.img_size)
+            if keep:
+                self._buffer[index] = (used, img)
+            index = used
         boxes, labels = self._targets(index)
         (h0, w0), (h, w) = self.records[index].img_hw, img.shape[:2]
         scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
         return index, img, boxes * scale, labels
+
+    def _keep_only(self, pool: tuple[int, ...], index: int) -> None:
+        """After a sample: drop buffered images that no later pool of this lane can hold (a pool is
+        the lane's last ``len(pool)`` primaries, so the next one is this one's tail plus ``index``)."""
+        live = set(pool[max(0, len(pool) - self.pool_size + 1):]) | {index}
+        for k in [k for k in self._buffer if k not in live]:
+            del self._buffer[k]
 
     def _targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [n+m, 4] xyxy original pixels and labels [n+m] (ignore regions = -1)."""
@@ -168,29 +231,42 @@ class DetectionDataset(Dataset):
             raise ImageError(f"{e} (dataset index {index})") from e
         return (index, *self._letterboxed(index, img))
 
-    def _train_item(self, index: int, rng: np.random.Generator) -> _Item:
+    def _train_item(self, index: int, rng: np.random.Generator, pool: tuple[int, ...] | None) -> _Item:
         if self.augment is None:  # train order and replacement policy, but no augmentation
             index, img = self._load_train(index, rng)
             return (index, *self._letterboxed(index, img))
-        return self.augment(index, len(self), self._load_resized, rng, self.multi_image())
+        if pool is None:
+            return self.augment(index, len(self), self._load_resized, rng, self.multi_image())
+        primary = index
+        item = self.augment(index, len(self), functools.partial(self._load_pooled, primary, set(pool)), rng,
+                            self.multi_image(), pool)
+        self._keep_only(pool, primary)
+        return item
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _load_pooled(self, primary: int, pool: set[int], index: int, rng: np.random.Generator) -> _Item:
+        return self._load_resized(index, rng, keep=index == primary or index in pool)
+
+    def __getitem__(self, key: int | tuple[int, tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(image uint8 [3, S, S] (with ``plan_rect``: [3, h, w] of the batch's canvas), target float32
         [n, 5] (cls, x1, y1, x2, y2) input pixels, meta).
+
+        ``key``: a dataset index, or (index, pool) from a ``PoolSampler`` (training): the sample's
+        mosaic, MixUp and CutMix partners are then drawn from the pool.
 
         meta: image_id, file, orig_hw (h, w), scale and pad (pad_x, pad_y) of the letterbox; in
         train mode they are the letterbox eval would use, not the random augmentation's.
         """
+        index, pool = key if isinstance(key, tuple) else (key, None)
         rng = self.rng(index)
         if self.train:
-            index, img, boxes, labels = self._train_item(index, rng)
+            index, img, boxes, labels = self._train_item(index, rng, pool)
         else:
             index, img, boxes, labels = self._eval_item(index)
         rec = self.records[index]
         scale, pad = letterbox_params(rec.img_hw, self.img_size, self.canvas(index))
         target = np.concatenate([labels.reshape(-1, 1).astype(np.float32),
                                  boxes.reshape(-1, 4).astype(np.float32)], axis=1)
-        image = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] view of the HWC pixels
         meta = {"image_id": rec.image_id, "file": rec.file, "orig_hw": tuple(rec.img_hw),
                 "scale": scale, "pad": pad}
         return image, torch.from_numpy(target), meta
@@ -201,6 +277,10 @@ def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]
     """Items -> (images uint8 [B, 3, H, W], targets float32 [N, 6] =
     (batch_idx, cls, x1, y1, x2, y2) input pixels, metas list[dict]).
 
+    The images are in channels_last memory (NHWC bytes seen as [B, 3, H, W]): the pixels leave the
+    augmentation as HWC and the channels_last model reads them that way, so no process transposes
+    them (``to_input`` lays them out for a model that wants contiguous NCHW, still as uint8).
+
     Images stay uint8 until ``to_input`` on the consumer's device: a quarter of the bytes through
     the workers' shared memory, pinned memory and the host-to-GPU copy.
 
@@ -209,7 +289,7 @@ def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor, dict]]
     would otherwise sit on hundreds of MB of its own high-water mark (measured in
     benchmarks/scale.py; one trim per batch costs no measurable throughput).
     """
-    images = torch.stack([b[0] for b in batch])
+    images = torch.stack([b[0].permute(1, 2, 0) for b in batch]).permute(0, 3, 1, 2)
     targets = [torch.cat([torch.full((len(b[1]), 1), float(i)), b[1]], dim=1) for i, b in enumerate(batch)]
     out = images, torch.cat(targets, 0) if targets else torch.zeros((0, 6)), [b[2] for b in batch]
     if get_worker_info() is not None:
@@ -225,8 +305,8 @@ def to_input(images: torch.Tensor, device: torch.device | str,
     are already scaled.
     """
     images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
+    if images.dtype == torch.uint8:  # lay out the uint8 bytes (a quarter of the float ones); float() keeps it
+        images = images.contiguous(memory_format=memory_format).float().div_(255.0)
     return images.contiguous(memory_format=memory_format)
 
 
@@ -309,6 +389,13 @@ def _worker_init(worker_id: int, seed: int, rank: int) -> None:
     random.seed(s)
 
 
+def _uses_partners(dataset: Dataset) -> bool:
+    """Whether the dataset's augmentation ever loads a second image (mosaic, MixUp, CutMix)."""
+    aug = getattr(dataset, "aug_cfg", None)
+    return (getattr(dataset, "augment", None) is not None and aug is not None
+            and (aug.mosaic_prob > 0 or aug.cutmix_prob > 0))
+
+
 def _sampler(dataset: Dataset, batch_size: int, train: bool, rank: int, world_size: int, seed: int,
              rect_stride: int, rect_pad: float = 0.0) -> Sampler:
     """The index sampler, or with ``rect_stride`` the batch sampler of rectangular evaluation."""
@@ -324,7 +411,7 @@ def _sampler(dataset: Dataset, batch_size: int, train: bool, rank: int, world_si
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, rank: int = 0,
                      world_size: int = 1, seed: int = 0, pin_memory: bool = False, prefetch_factor: int = 2,
                      persistent_workers: bool = True, timeout_s: float = 0.0,
-                     rect_stride: int = 0, rect_pad: float = 0.0) -> tuple[DataLoader, Sampler]:
+                     rect_stride: int = 0, rect_pad: float = 0.0, mosaic_buffer: int = 0) -> tuple[DataLoader, Sampler]:
     """DataLoader and its sampler (call ``sampler.set_epoch(e)`` on train samplers each epoch).
 
     Args:
@@ -337,11 +424,22 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
             canvas padded to multiples of this stride (``DetectionDataset.plan_rect``); the sampler
             is then a RectBatchSampler giving each rank whole batches, none repeated.
         rect_pad: with rect_stride, context added to each short side, in strides (``rect_batches``).
+        mosaic_buffer: train loaders of an augmenting dataset with mosaic, MixUp or CutMix: each
+            worker keeps this many resized images for partners (``PoolSampler``; 0 = none, partners
+            from the whole split).
     Train loaders shuffle with a seeded generator and drop the last partial batch when the
     (per-rank) dataset is larger than one batch.
     """
     sampler = _sampler(dataset, batch_size, train, rank, world_size, seed, rect_stride, rect_pad)
     num_workers = workers_within_file_limit(num_workers, prefetch_factor)
+    if train and mosaic_buffer > 0 and _uses_partners(dataset):
+        sampler = PoolSampler(sampler, batch_size, max(1, num_workers), mosaic_buffer)
+        dataset.pool_size = mosaic_buffer
+        size = dataset.img_size
+        each = mosaic_buffer * 3 * size * size / 2**20
+        logger.info(f"mosaic buffer (data.mosaic_buffer): {mosaic_buffer} resized images per "
+                    f"{'worker' if num_workers else 'process'}, at most {each:.3g} MB each "
+                    f"({each * max(1, num_workers):.3g} MB on this rank)")
     if num_workers > 0:
         # Workers are forked: an OpenCV thread pool already running in this process would be
         # inherited half-dead and hang the first resize in a worker. The workers give the

@@ -7,8 +7,12 @@ A loader class is built as ``cls(data_cfg)`` and offers
 
 both raising ``ImageError`` naming the file. Every loader follows the decoding policy of
 ``datasets.image_io`` (modes, 16-bit, alpha, EXIF), so changing the loader never moves a box.
+A loader may also offer ``load_scaled(path, at_least)``: the image, possibly decoded at 1/k of its
+size (k in 1, 2, 4, 8, ``image_io.reduced_hw``) while still covering ``at_least`` = (h, w); the
+training pipeline uses it for images it shrinks anyway (``datasets.dataset.load_resized``).
 
-Built in: ``PilLoader`` (default), ``TurboJpegLoader`` (libjpeg-turbo through PyTurboJPEG, for
+Built in: ``PilLoader`` (default; the decoders of ``datasets.image_io``: OpenCV for 8-bit
+JPEG/PNG, PIL for the rest), ``TurboJpegLoader`` (libjpeg-turbo through PyTurboJPEG, for
 JPEG files; other files go through PIL) and ``EncryptedLoader`` (``.enc`` files, AES-GCM with
 the key of ``data.key_env``; plain files are read as usual).
 """
@@ -24,7 +28,7 @@ from PIL import Image
 
 from configs.base_config import ConfigError
 from datasets.crypto import Cipher, CryptoError, image_aad
-from datasets.image_io import ImageError, image_hw, load_image
+from datasets.image_io import ImageError, image_hw, load_image, upright
 from datasets.paths import ENC_SUFFIX
 
 DEFAULT_LOADER = "datasets.loaders.PilLoader"
@@ -39,7 +43,8 @@ class ImageLoader(Protocol):
 
 
 class PilLoader:
-    """PIL decoding with the policy of ``datasets.image_io``."""
+    """The decoding of ``datasets.image_io`` (OpenCV for 8-bit JPEG/PNG, PIL for every other file;
+    the name is kept for the configs that give it)."""
 
     def __init__(self, data_cfg: Any = None) -> None:
         del data_cfg  # nothing to configure
@@ -47,17 +52,11 @@ class PilLoader:
     def load(self, path: str | os.PathLike) -> np.ndarray:
         return load_image(path)
 
+    def load_scaled(self, path: str | os.PathLike, at_least: tuple[int, int]) -> np.ndarray:
+        return load_image(path, at_least=at_least)
+
     def hw(self, path: str | os.PathLike) -> tuple[int, int]:
         return image_hw(path)
-
-
-def _upright(img: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1..8) to a decoded [H, W, 3] array, as a viewer would."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
-    op = ops.get(orientation)
-    return np.ascontiguousarray(op(img)) if op else img
 
 
 class TurboJpegLoader:
@@ -84,7 +83,7 @@ class TurboJpegLoader:
             return load_image(p)  # CMYK, truncated, unreadable ...: PIL decides and names the problem
         with Image.open(p) as header:  # reads the header only: the EXIF orientation
             orientation = int(header.getexif().get(_ORIENTATION_TAG, 1))
-        return _upright(np.ascontiguousarray(img), orientation)
+        return upright(np.ascontiguousarray(img), orientation)
 
     def hw(self, path: str | os.PathLike) -> tuple[int, int]:
         return image_hw(path)
@@ -119,6 +118,9 @@ class EncryptedLoader:
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         return load_image(path, self._plain(path))
+
+    def load_scaled(self, path: str | os.PathLike, at_least: tuple[int, int]) -> np.ndarray:
+        return load_image(path, self._plain(path), at_least)
 
     def hw(self, path: str | os.PathLike) -> tuple[int, int]:
         return image_hw(path, self._plain(path))

@@ -54,6 +54,34 @@ def _tile_origins_3x3(shapes: list[tuple[int, int]], s: int,
     return out
 
 
+class Canvas:
+    """A mosaic canvas composed on demand: ``canvas[y0:y1, x0:x1]`` lays out only that window
+    (grey where no tile is), equal to the same slice of the whole canvas. The YOLOv9 recipe's warp
+    (zoom and shift, ``transforms.random_perspective``) reads one window of about ``s / zoom`` pixels
+    per side, so the ``2s x 2s`` canvas (4.9 MB at 640 px) is never filled or copied whole."""
+
+    def __init__(self, images: list[np.ndarray], origins: list[tuple[int, int]], size: int) -> None:
+        self.images, self.origins, self.size = images, origins, size
+        self.shape = (size, size, 3)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key
+        y0, y1, _ = ys.indices(self.size)
+        x0, x1, _ = xs.indices(self.size)
+        out = np.full((max(0, y1 - y0), max(0, x1 - x0), 3), PAD_VALUE, dtype=np.uint8)
+        for img, (ox, oy) in zip(self.images, self.origins):
+            h, w = img.shape[:2]
+            # the tile's part inside both the canvas and the window
+            vx0, vy0 = max(ox, 0, x0), max(oy, 0, y0)
+            vx1, vy1 = min(ox + w, self.size, x1), min(oy + h, self.size, y1)
+            if vx1 > vx0 and vy1 > vy0:
+                out[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0] = img[vy0 - oy:vy1 - oy, vx0 - ox:vx1 - ox]
+        return out
+
+    def materialize(self) -> np.ndarray:
+        return self[0:self.size, 0:self.size]
+
+
 def mosaic(samples: list[Sample], s: int,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tile 4 or 9 samples (long side already ``s``) on a 2s x 2s canvas.
@@ -62,10 +90,16 @@ def mosaic(samples: list[Sample], s: int,
         (canvas [2s, 2s, 3] uint8, boxes [m, 4] float32 clipped to their tile's visible part,
         labels [m] int64 (ignore regions keep -1), full_wh [m, 2] float32 size before clipping).
     """
+    canvas, boxes, labels, full_wh = mosaic_lazy(samples, s, rng)
+    return canvas.materialize(), boxes, labels, full_wh
+
+
+def mosaic_lazy(samples: list[Sample], s: int,
+                rng: np.random.Generator) -> tuple[Canvas, np.ndarray, np.ndarray, np.ndarray]:
+    """``mosaic`` with the canvas as a ``Canvas`` (composed where it is read); the same draws."""
     if len(samples) not in (4, 9):
         raise ValueError(f"mosaic takes 4 or 9 samples, got {len(samples)}")
     size = 2 * s
-    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     shapes = [img.shape[:2] for img, _, _ in samples]
     origins = (_tile_origins_2x2 if len(samples) == 4 else _tile_origins_3x3)(shapes, s, rng)
     boxes_out, labels_out, wh_out = [], [], []
@@ -74,13 +108,13 @@ def mosaic(samples: list[Sample], s: int,
         vx0, vy0, vx1, vy1 = max(x0, 0), max(y0, 0), min(x0 + w, size), min(y0 + h, size)
         if vx1 <= vx0 or vy1 <= vy0:
             continue
-        canvas[vy0:vy1, vx0:vx1] = img[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0]
         b = np.asarray(boxes, np.float64).reshape(-1, 4) + [x0, y0, x0, y0]
         c = np.clip(b, [vx0, vy0, vx0, vy0], [vx1, vy1, vx1, vy1])
         visible = (c[:, 2] > c[:, 0]) & (c[:, 3] > c[:, 1])
         boxes_out.append(c[visible])
         labels_out.append(np.asarray(labels, np.int64)[visible])
         wh_out.append((b[:, 2:] - b[:, :2])[visible])
+    canvas = Canvas([img for img, _, _ in samples], origins, size)
     if not boxes_out:
         return canvas, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0, 2), np.float32)
     return (canvas, np.concatenate(boxes_out).astype(np.float32), np.concatenate(labels_out),

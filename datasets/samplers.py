@@ -2,12 +2,14 @@
 
 - ``SeededRandomSampler``: one process's training order (a seeded shuffle that can start mid-epoch).
 - ``ShardSampler``: a rank's share under DDP (torch's DistributedSampler that can start mid-epoch).
+- ``PoolSampler``: wraps either, adding to each index the pool its mosaic partners come from.
 - ``rect_batches`` + ``RectBatchSampler``: rectangular evaluation (``eval.rect``): the images sorted
   by aspect ratio into batches, each letterboxed to one canvas padded only up to the next multiple
   of the stride; under DDP each rank takes whole batches.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -128,3 +130,50 @@ class RectBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class PoolSampler(Sampler[tuple[int, tuple[int, ...]]]):
+    """A training sampler whose items carry the pool of mosaic, MixUp and CutMix partners.
+
+    Yields ``(index, pool)`` in the order of ``base`` (a SeededRandomSampler or ShardSampler):
+    ``pool`` holds the previous ``size`` indices of the same lane, where the lane of position ``p``
+    of this rank's epoch order is ``(p // batch_size) % lanes``. The DataLoader hands batch ``j`` to
+    worker ``j % num_workers`` (lanes = the worker count, 1 without workers), so a worker keeps its
+    lane all epoch, also after a resume (batch ``k`` then goes to worker 0, which keeps lane
+    ``k % lanes``), and the pool is the images it loaded last: a buffer of them
+    (``DetectionDataset``) makes a 4-tile mosaic decode one image instead of four.
+
+    The pool is a function of (seed, epoch, rank, batch size, lanes, size) and the position, never of
+    what a worker happens to hold: ``set_start(k)`` (a mid-epoch resume) yields the same items as the
+    uninterrupted epoch from position ``k`` on.
+    """
+
+    def __init__(self, base: Sampler, batch_size: int, lanes: int, size: int) -> None:
+        if batch_size < 1 or lanes < 1 or size < 1:
+            raise ValueError(f"PoolSampler needs batch_size, lanes and size >= 1, got {batch_size}, {lanes}, {size}")
+        self.base, self.batch_size, self.lanes, self.size = base, batch_size, lanes, size
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)  # also clears the base's start, which stays 0: the pools need the whole order
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= len(self.base):
+            raise ValueError(f"sampler start {start} is outside 0..{len(self.base)}")
+        self.start = start
+
+    @property
+    def epoch(self) -> int:
+        return self.base.epoch
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        pools = [collections.deque(maxlen=self.size) for _ in range(self.lanes)]
+        for p, index in enumerate(self.base):
+            pool = pools[(p // self.batch_size) % self.lanes]
+            if p >= self.start:
+                yield index, tuple(pool)
+            pool.append(index)
+
+    def __len__(self) -> int:
+        return len(self.base) - self.start

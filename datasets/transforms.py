@@ -153,14 +153,15 @@ def random_perspective(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
     the output and filtered by ``box_candidates`` against ``full_wh`` x zoom, where ``full_wh``
     [n, 2] is each box's size before any earlier cut (mosaic tiling); default: the boxes' own size.
     Without rotation, shear and perspective (the YOLOv9 recipe) the warp is a crop + resize.
+    ``image`` may also be a ``datasets.mosaic.Canvas``, which composes only the crop it is asked for.
     """
     m, zoom = _warp_matrix(image.shape[:2], out_size, rng, aug)
     if m[0, 1] == 0 and m[1, 0] == 0 and not aug.perspective:
         out, m = _scale_shift(image, m, out_size)
-    elif aug.perspective:
-        out = cv2.warpPerspective(image, m, (out_size, out_size), borderValue=(PAD_VALUE,) * 3)
     else:
-        out = cv2.warpAffine(image, m[:2], (out_size, out_size), borderValue=(PAD_VALUE,) * 3)
+        full = image if isinstance(image, np.ndarray) else image.materialize()
+        out = (cv2.warpPerspective(full, m, (out_size, out_size), borderValue=(PAD_VALUE,) * 3) if aug.perspective
+               else cv2.warpAffine(full, m[:2], (out_size, out_size), borderValue=(PAD_VALUE,) * 3))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) == 0:
         return out, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
