@@ -28,7 +28,6 @@ import signal
 import threading
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from loguru import logger
@@ -36,9 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, ge
 
 from datasets.augment import TrainAugment
 from datasets.image_cache import ImageCache
-from datasets.image_io import ImageError, reduced_hw
+from datasets.image_io import ImageError
 from datasets.limits import warn_small_shm, workers_within_file_limit
-from datasets.loaders import ImageLoader, PilLoader
+from datasets.loaders import ImageLoader, PilLoader, load_resized
 from datasets.records import Record, RecordTable
 from datasets.samplers import PoolSampler, RectBatchSampler, SeededRandomSampler, ShardSampler, rect_batches
 from datasets.transforms import (
@@ -46,7 +45,6 @@ from datasets.transforms import (
     letterbox,
     letterbox_params,
     resize_long_side,
-    resized_hw,
 )
 from utils.memory import release_free_memory, trim_heap
 
@@ -64,22 +62,6 @@ def mosaic_buffer_size(setting: int, batch_size: int, img_size: int) -> int:
     return max(1, min(_BUFFER_PER_BATCH * batch_size, _BUFFER_BUDGET // (3 * img_size * img_size)))
 
 
-def load_resized(loader: ImageLoader, file: str, img_hw: tuple[int, int], size: int) -> np.ndarray:
-    """Decode ``file`` (scanned upright size ``img_hw``) and resize it so its long side is ``size``
-    (``resized_hw``); a loader with ``load_scaled`` may decode a large JPEG at 1/2, 1/4 or 1/8 of its
-    size first (the result has the same size, so boxes scale exactly as after a full decode).
-
-    Raises ImageError when the decoded size is not the scanned one (the file changed after the scan).
-    """
-    target = resized_hw(img_hw, size)
-    scaled = getattr(loader, "load_scaled", None)
-    img = scaled(file, target) if scaled is not None and target[0] * 2 <= img_hw[0] else loader.load(file)
-    hw = tuple(img.shape[:2])
-    if hw == tuple(img_hw):
-        return resize_long_side(img, size)
-    if hw not in {reduced_hw(img_hw, k) for k in (2, 4, 8)}:
-        raise ImageError(f"{file}: size {hw} differs from the scanned {tuple(img_hw)} (file changed after the scan?)")
-    return cv2.resize(img, target[::-1], interpolation=cv2.INTER_AREA)  # reduced covers target: shrink or equal
 _Item = tuple[int, np.ndarray, np.ndarray, np.ndarray]  # (index used, image HWC, boxes [n, 4], labels [n])
 
 

@@ -9,8 +9,9 @@
 
 Both modes use the same file, so a cache built for one is reused by the other. Values are raw
 ``[h, w, 3]`` uint8 RGB pixels (decoding is the cost being saved), optionally resized so the
-long side is ``img_size`` (``data.cache_resize``; the exact resize the dataset would do, no
-padding) and optionally AES-GCM encrypted (``data.encrypt_cache``; each value bound to its
+long side is ``img_size`` (``data.cache_resize``; decoded and resized exactly as the uncached
+training pipeline does, ``loaders.load_resized``, no padding; unresized, a JPEG of more than twice
+the input side trains from its full decode instead of the reduced-size one, a marginally different shrink) and optionally AES-GCM encrypted (``data.encrypt_cache``; each value bound to its
 slot). The cache is rebuilt, in parallel with a progress bar, when ``data.cache_refresh`` is
 set or when the images, their sizes or mtimes, the resize or the encryption differ from the
 ones it was built with; the log says why.
@@ -40,11 +41,12 @@ from datasets.label_cache import (
     refresh_wanted,
     settings_change,
 )
+from datasets.loaders import load_resized
 from datasets.records import RecordTable
 from datasets.scan import DatasetError
-from datasets.transforms import resize_long_side
 
-IMAGE_CACHE_VERSION = 2  # 2: file stats and shapes as arrays (1 held one JSON entry per image)
+IMAGE_CACHE_VERSION = 3  # 3: resized entries decoded as the uncached pipeline (a large JPEG at 1/2..1/8 first);
+# 2: file stats and shapes as arrays (1 held one JSON entry per image)
 _META = b"__meta__"  # JSON: settings, resize, key check
 _ARRAYS = b"__arrays__"  # npz: file stats and stored (h, w) per image, no Python object per image
 _CHECK = b"image cache key check"
@@ -217,14 +219,14 @@ def _build(path: Path, records: RecordTable, loader: Any, resize: int, cipher: C
 
     def encode(i: int) -> bytes | ImageError:
         rec = records[i]
-        try:
-            img = loader.load(rec.file)
+        try:  # resized: decoded and resized exactly as the uncached training pipeline does
+            img = load_resized(loader, rec.file, tuple(rec.img_hw), resize) if resize else loader.load(rec.file)
         except ImageError as e:
             return e
-        if img.shape[:2] != tuple(rec.img_hw):
+        if not resize and img.shape[:2] != tuple(rec.img_hw):
             return ImageError(f"{rec.file}: size {img.shape[:2]} differs from the scanned "
                               f"{tuple(rec.img_hw)}")
-        data = np.ascontiguousarray(resize_long_side(img, resize) if resize else img).tobytes()
+        data = np.ascontiguousarray(img).tobytes()
         return cipher.encrypt(data, _key(i)) if cipher is not None else data
 
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

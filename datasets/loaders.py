@@ -23,13 +23,15 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from configs.base_config import ConfigError
 from datasets.crypto import Cipher, CryptoError, image_aad
-from datasets.image_io import ImageError, image_hw, load_image, upright
+from datasets.image_io import ImageError, image_hw, load_image, reduced_hw, upright
 from datasets.paths import ENC_SUFFIX
+from datasets.transforms import resize_long_side, resized_hw
 
 DEFAULT_LOADER = "datasets.loaders.PilLoader"
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -163,3 +165,21 @@ def build_loader(data_cfg: Any) -> ImageLoader:
     if not callable(getattr(loader, "load", None)) or not callable(getattr(loader, "hw", None)):
         raise ConfigError(f"data.image_loader={spec!r} must offer load(path) and hw(path)")
     return loader
+
+
+def load_resized(loader: ImageLoader, file: str, img_hw: tuple[int, int], size: int) -> np.ndarray:
+    """Decode ``file`` (scanned upright size ``img_hw``) and resize it so its long side is ``size``
+    (``resized_hw``); a loader with ``load_scaled`` may decode a large JPEG at 1/2, 1/4 or 1/8 of its
+    size first (the result has the same size, so boxes scale exactly as after a full decode).
+
+    Raises ImageError when the decoded size is not the scanned one (the file changed after the scan).
+    """
+    target = resized_hw(img_hw, size)
+    scaled = getattr(loader, "load_scaled", None)
+    img = scaled(file, target) if scaled is not None and target[0] * 2 <= img_hw[0] else loader.load(file)
+    hw = tuple(img.shape[:2])
+    if hw == tuple(img_hw):
+        return resize_long_side(img, size)
+    if hw not in {reduced_hw(img_hw, k) for k in (2, 4, 8)}:
+        raise ImageError(f"{file}: size {hw} differs from the scanned {tuple(img_hw)} (file changed after the scan?)")
+    return cv2.resize(img, target[::-1], interpolation=cv2.INTER_AREA)  # reduced covers target: shrink or equal

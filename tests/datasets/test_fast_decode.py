@@ -8,7 +8,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from datasets import image_io
-from datasets.dataset import DetectionDataset, load_resized
+from datasets.dataset import DetectionDataset
+from datasets.loaders import load_resized
 from datasets.image_io import ImageError, load_image, reduce_factor, reduced_hw
 from datasets.loaders import PilLoader
 from datasets.records import Record
@@ -190,7 +191,7 @@ def test_boxes_after_a_reduced_decode_equal_boxes_after_a_full_decode(tmp_path):
     for name, loader in (("scaled", PilLoader()), ("full", FullOnly())):
         ds = DetectionDataset([rec], ["a"], 640, train=True, loader=loader)
         out[name] = ds._load_resized(0, np.random.default_rng(0))
-    (i1, img1, boxes1, labels1), (i2, img2, boxes2, labels2) = out["scaled"], out["full"]
+    (_, img1, boxes1, _), (_, img2, boxes2, _) = out["scaled"], out["full"]
     assert img1.shape == img2.shape == (360, 640, 3)
     np.testing.assert_array_equal(boxes1, boxes2)
     np.testing.assert_allclose(boxes1, box / 3, rtol=1e-6)  # 1920 -> 640: a third (float32 scale factors)
@@ -217,3 +218,35 @@ def test_odd_sizes_get_the_full_decode_size_not_the_reduced_ones_rounding(tmp_pa
     assert load_image(p, at_least=(235, 640)).shape[:2] == (353, 959)
     assert resize_long_side(np.zeros((353, 959, 3), np.uint8), 640).shape[:2] == (236, 640)
     assert load_resized(PilLoader(), str(p), (705, 1917), 640).shape == (235, 640, 3)
+
+
+def test_a_resized_image_cache_holds_the_uncached_pipelines_pixels(tmp_path):
+    """Large JPEGs decoded at 1/8 for a 128 px input: the ram cache (resized) is built through the same
+    load_resized, so cached training items equal uncached ones."""
+    import torch
+
+    from core.loaders import build_train_loader
+    from tests.datasets.synth import add_item, make_cfg, voc_objects_for, write_set
+    from utils.dist import DistInfo
+    root = tmp_path / "voc"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        y, x = np.mgrid[0:720, 0:1280]
+        img = (np.stack([np.sin(x / (40 + k)), np.cos(y / 30), np.sin((x + y) / 90)], 2) * 90 + 128
+               + rng.normal(0, 8, (720, 1280, 3))).clip(0, 255).astype(np.uint8)
+        box = (100 + 40 * k, 80, 600, 500)
+        add_item(root, f"big{k}", img, voc_objects_for(box, "cat"))
+    write_set(root, "train", [f"big{k}" for k in range(4)])
+    write_set(root, "val", ["big0"])
+    items = {}
+    for mode in ("none", "ram"):
+        cfg = make_cfg(root, img_size=128, cache_images=mode, cache_dir=str(tmp_path / "cache"), num_workers=0)
+        cfg.train.batch_size, cfg.aug.mosaic_prob = 2, 0.5
+        ds = build_train_loader(cfg, DistInfo.single())[0].dataset
+        assert load_image(ds.records[0].file, at_least=(72, 128)).shape == (90, 160, 3)  # 1/8
+        ds.set_epoch(0)
+        items[mode] = [ds[i] for i in range(4)]
+    for a, b in zip(items["none"], items["ram"]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
