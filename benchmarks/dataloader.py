@@ -20,9 +20,13 @@ loader (``core.loaders.build_train_loader``: sampler, mosaic buffer, collate).
    than the step is not the bottleneck.
 4. Large images: 48 synthetic 1920x1080 JPEGs written on the fly (natural-looking gradients and
    noise, quality 90), the same recipe per core uncached, where a reduced-size decode pays most.
+5. The decoders the choice was made from, milliseconds per decode (one thread, best of 3 passes):
+   PIL (``Image.open`` + ``load``, the loader before issue 19), PIL with ``draft`` at 1/2, OpenCV
+   ``imdecode`` full and at 1/2 (``IMREAD_REDUCED``), and the repo's ``load_image`` (PIL header + OpenCV),
+   on the BCCD JPEGs and on the large ones.
 
 Last line: RESULT {"uncached", "lmdb_cached", "ram_cached", "large_uncached", "workers2",
-"train_step_img_per_s", "cpu_threads"} in samples/s, plus with --baseline "baseline_<key>" and
+"train_step_img_per_s", "cpu_threads"} in samples/s, "decode_ms" {decoder: {"bccd", "large"}}, plus with --baseline "baseline_<key>" and
 "<key>_speedup" for the four per-core keys.
 
 --tiny (or BENCH_TINY=1, benchmarks/common.py): 64 px, batch 4, a tenth of the split, 8 large images of
@@ -151,6 +155,47 @@ def write_large_voc(root: Path, n: int, hw: tuple[int, int]) -> Path:
     return root
 
 
+# -- the decoders ---------------------------------------------------------------------------------------
+def decode_ms(files: list[Path], half_hw: tuple[int, int] | None) -> dict[str, float]:
+    """Milliseconds per decode of ``files`` for each candidate decoder (best of 3 passes, one thread)."""
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from datasets.image_io import load_image
+    cv2.setNumThreads(1)
+    blobs = [f.read_bytes() for f in files]
+
+    def pil(b: bytes, draft: tuple[int, int] | None = None) -> np.ndarray:
+        with Image.open(io.BytesIO(b)) as im:
+            if draft:
+                im.draft("RGB", draft)
+            im.load()
+            return np.asarray(im)
+
+    half = half_hw[::-1] if half_hw else None
+    candidates = {
+        "pil": lambda b, f: pil(b),
+        "pil_draft_half": lambda b, f: pil(b, half),
+        "opencv": lambda b, f: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR_RGB),
+        "opencv_half": lambda b, f: cv2.imdecode(np.frombuffer(b, np.uint8),
+                                                 cv2.IMREAD_COLOR_RGB | cv2.IMREAD_REDUCED_GRAYSCALE_2),
+        "load_image": lambda b, f: load_image(f),
+    }
+    out = {}
+    for name, fn in candidates.items():
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for b, f in zip(blobs, files):
+                fn(b, f)
+            best = min(best, (time.perf_counter() - t0) / len(files))
+        out[name] = round(best * 1e3, 3)
+    return out
+
+
 # -- the training step --------------------------------------------------------------------------------
 def _outputs(x) -> list:
     import torch
@@ -210,6 +255,10 @@ def main(argv: list[str]) -> None:
                     best[(name, key)] = max(best.get((name, key), 0.0), rate)
                     print(f"round {r + 1}: {name:<8} {key:<15} {rate:8.1f} samples/s", flush=True)
         workers2 = _child(REPO, "uncached", work / "new", None, workers=2, epochs=args.workers_epochs)
+        bccd_files = sorted((REPO / "data" / "BCCD" / "JPEGImages").glob("*.jpg"))[:pick(tiny, 40, 4)]
+        large_files = sorted((large / "JPEGImages").glob("*.jpg"))[:pick(tiny, 12, 2)]
+        h, w = pr.large_hw
+        decoders = {"bccd": decode_ms(bccd_files, (240, 320)), "large": decode_ms(large_files, (h // 2, w // 2))}
     threads = set_cpu_threads(0)
     step = train_step_images_per_second(args.steps, pr)
 
@@ -230,10 +279,15 @@ def main(argv: list[str]) -> None:
         print(row)
     large_note = f"{pr.large_images} synthetic {pr.large_hw[1]}x{pr.large_hw[0]} JPEGs"
     print(f"(large_uncached: {large_note})")
+    print(f"\nms per decode (one thread): {'':<6}{'BCCD 640x480':>14}{'large':>8}")
+    for name in decoders["bccd"]:
+        print(f"  {name:<30}{decoders['bccd'][name]:>14.2f}{decoders['large'][name]:>8.2f}")
     print(f"\n2 workers, uncached: {workers2:.1f} samples/s; YOLOv9-T forward+backward, batch {pr.batch}, "
           f"{pr.size} px, {threads} threads: {step:.2f} img/s ({workers2 / step:.1f}x: "
           f"{'not the bottleneck' if workers2 > step else 'THE BOTTLENECK'})")
-    result.update({"workers2": round(workers2, 2), "train_step_img_per_s": round(step, 3), "cpu_threads": threads})
+    result.update({"workers2": round(workers2, 2), "train_step_img_per_s": round(step, 3), "cpu_threads": threads,
+                   "decode_ms": {name: {"bccd": decoders["bccd"][name], "large": decoders["large"][name]}
+                                 for name in decoders["bccd"]}})
     print_result(result)
 
 
