@@ -1,7 +1,7 @@
 """Training samples per CPU core, uncached, LMDB-cached and RAM-cached; the 2-worker pipeline next to
 what a YOLOv9-T step consumes; a large-image case. Optionally side by side with another checkout.
 
-    python benchmarks/dataloader.py [--baseline DIR] [--rounds N] [--workers-epochs N] [--tiny]
+    python benchmarks/dataloader.py [--baseline DIR] [--rounds N] [--workers-epochs N] [--train-epoch] [--tiny]
 
 Protocol (issue 19, Ultralytics' defaults): the bundled BCCD train split (205 images of 640x480),
 640 px, batch 16, mosaic 1.0, MixUp 0, zoom 0.5..1.5, translate 0.1, HSV 0.015/0.7/0.4, left-right
@@ -20,7 +20,12 @@ loader (``core.loaders.build_train_loader``: sampler, mosaic buffer, collate).
    than the step is not the bottleneck.
 4. Large images: 48 synthetic 1920x1080 JPEGs written on the fly (natural-looking gradients and
    noise, quality 90), the same recipe per core uncached, where a reduced-size decode pays most.
-5. The decoders the choice was made from, milliseconds per decode (one thread, best of 3 passes):
+5. ``--train-epoch``: one training epoch of ``configs/bccd_v9t.py`` at 416 px, batch 16, from scratch,
+   ``train.num_threads=1 data.num_workers=0`` (data and step in one process on one core), timed by the
+   trainer's own clock (``Trainer.train_seconds``: the epoch's batches, loading included), with this
+   code and, with --baseline, DIR's, in alternating rounds: ``epoch_s``, ``baseline_epoch_s`` and
+   ``epoch_speedup`` in RESULT.
+6. The decoders the choice was made from, milliseconds per decode (one thread, best of 3 passes):
    PIL (``Image.open`` + ``load``, the loader before issue 19), PIL with ``draft`` at 1/2, OpenCV
    ``imdecode`` full and at 1/2 (``IMREAD_REDUCED``), and the repo's ``load_image`` (PIL header + OpenCV),
    on the BCCD JPEGs and on the large ones.
@@ -106,8 +111,34 @@ def measure(code: Path, key: str, work: Path, large_root: Path | None, workers: 
     return n / seconds
 
 
+def measure_epoch(code: Path, work: Path) -> float:
+    """Seconds of one bccd_v9t training epoch (416 px, 1 thread, 0 workers) with the code in ``code``."""
+    sys.path.insert(0, str(code))
+    import cv2
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    from configs import load_config
+    from core.train import Trainer
+    from utils.dist import DistInfo, set_cpu_threads
+
+    tiny = os.environ.get("BENCH_TINY", "") == "1"
+    size, fraction = (64, 0.1) if tiny else (416, 1.0)
+    cfg = load_config("bccd_v9t", [
+        f"data.img_size={size}", "train.batch_size=16", "train.epochs=2", "model.pretrained=''",
+        "train.num_threads=1", "data.num_workers=0", "train.eval_interval=10", f"data.data_fraction={fraction}",
+        f"train.save_dir={str(work / 'runs')!r}", f"data.cache_dir={str(work / 'cache')!r}",
+        f"data.root={str(code / 'data' / 'BCCD')!r}"])
+    set_cpu_threads(1)
+    cv2.setNumThreads(1)
+    trainer = Trainer(cfg, DistInfo.single(), work / "runs" / f"epoch_{os.getpid()}")
+    trainer.fit(stop_after_epoch=1)  # the first of 2 epochs: no validation
+    return trainer.train_seconds
+
+
 def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: int = 0, epochs: int = 1) -> float:
-    cmd = [sys.executable, __file__, "--measure", key, "--code", str(code), "--work", str(work),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", key, "--code", str(code), "--work", str(work),
            "--workers", str(workers), "--workers-epochs", str(epochs)]
     if large_root is not None:
         cmd += ["--large-root", str(large_root)]
@@ -237,6 +268,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--rounds", type=int, default=pr.rounds, help="alternating rounds; the best counts")
     p.add_argument("--workers-epochs", type=int, default=pick(tiny, 3, 1), help="timed epochs of the 2-worker loader")
     p.add_argument("--steps", type=int, default=pick(tiny, 3, 1), help="timed YOLOv9-T training steps")
+    p.add_argument("--train-epoch", action="store_true", help="also time a bccd_v9t training epoch (416 px, 1 thread)")
     args = p.parse_args(argv)
     codes = {"new": REPO}
     if args.baseline:
@@ -255,6 +287,12 @@ def main(argv: list[str]) -> None:
                     best[(name, key)] = max(best.get((name, key), 0.0), rate)
                     print(f"round {r + 1}: {name:<8} {key:<15} {rate:8.1f} samples/s", flush=True)
         workers2 = _child(REPO, "uncached", work / "new", None, workers=2, epochs=args.workers_epochs)
+        epoch_s: dict[str, float] = {}
+        for r in range(args.rounds if args.train_epoch else 0):
+            for name, code in codes.items():
+                sec = _child(code, "epoch", work / name, None)
+                epoch_s[name] = min(epoch_s.get(name, float("inf")), sec)
+                print(f"round {r + 1}: {name:<8} bccd_v9t epoch   {sec:8.1f} s", flush=True)
         bccd_files = sorted((REPO / "data" / "BCCD" / "JPEGImages").glob("*.jpg"))[:pick(tiny, 40, 4)]
         large_files = sorted((large / "JPEGImages").glob("*.jpg"))[:pick(tiny, 12, 2)]
         h, w = pr.large_hw
@@ -285,6 +323,15 @@ def main(argv: list[str]) -> None:
     print(f"\n2 workers, uncached: {workers2:.1f} samples/s; YOLOv9-T forward+backward, batch {pr.batch}, "
           f"{pr.size} px, {threads} threads: {step:.2f} img/s ({workers2 / step:.1f}x: "
           f"{'not the bottleneck' if workers2 > step else 'THE BOTTLENECK'})")
+    if epoch_s:
+        size = pick(tiny, 64, 416)
+        line = f"\nbccd_v9t training epoch ({size} px, 1 thread, 0 workers): {epoch_s['new']:.1f} s"
+        result["epoch_s"] = round(epoch_s["new"], 2)
+        if "baseline" in epoch_s:
+            speedup = epoch_s["baseline"] / epoch_s["new"]
+            line += f", baseline {epoch_s['baseline']:.1f} s: {speedup:.2f}x"
+            result["baseline_epoch_s"], result["epoch_speedup"] = round(epoch_s["baseline"], 2), round(speedup, 3)
+        print(line)
     result.update({"workers2": round(workers2, 2), "train_step_img_per_s": round(step, 3), "cpu_threads": threads,
                    "decode_ms": {name: {"bccd": decoders["bccd"][name], "large": decoders["large"][name]}
                                  for name in decoders["bccd"]}})
@@ -300,6 +347,9 @@ def _measure_main(argv: list[str]) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--workers-epochs", type=int, default=1)
     a = p.parse_args(argv)
+    if a.measure == "epoch":
+        print(json.dumps(measure_epoch(Path(a.code), Path(a.work))))
+        return
     rate = measure(Path(a.code), a.measure, Path(a.work), Path(a.large_root) if a.large_root else None,
                    a.workers, a.workers_epochs)
     print(json.dumps(rate))
