@@ -19,7 +19,7 @@ from datasets.label_cache import cached_scan, split_cache_dir
 from datasets.loaders import DEFAULT_LOADER, LOADERS
 from datasets.parser import Parser
 from datasets.records import RecordTable
-from datasets.scan import DatasetError, ScanReport
+from datasets.scan import DatasetError, ScanReport, run_scan
 from datasets.subset import stratified_subset
 from datasets.voc import VocParser
 from datasets.yolo import YoloParser
@@ -69,7 +69,7 @@ def _scan(parser: Parser, split: str, cfg: Any) -> tuple[RecordTable, ScanReport
     if cfg.data.cache_labels:
         records, report = cached_scan(parser, split, names, cfg)
     else:
-        records, report = parser.records(split, names)
+        records, report = run_scan(parser.records, split, names)  # in a child process (its doc says why)
     logger.info(report.summary())
     return records, report
 

@@ -22,6 +22,9 @@ the ranks of other nodes when the cache dir is shared. The first to take the loc
 writes; the others log that they wait, then load what it wrote without stat-ing every file again
 (the cache file was replaced while they waited, so it is as fresh as their own check would be).
 No torch.distributed collective is involved, so a long scan cannot hit a collective timeout.
+
+The scan and the cache write run in a child process (``datasets.scan.run_scan``) while this
+process holds the lock: the parsing's objects, the file list and its stats die with the child.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from loguru import logger
 from datasets.crypto import MAGIC, Cipher, CryptoError
 from datasets.file_stats import FileStats
 from datasets.records import RecordTable
-from datasets.scan import DatasetError, ScanReport
+from datasets.scan import DatasetError, ScanReport, run_scan
 from utils.files import write_bytes_atomic
 
 CACHE_VERSION = 3  # 3: records keep the dataset's image ids; 2: RecordTable arrays and array file stats
@@ -206,8 +209,7 @@ def cached_scan(parser: Any, split: str, class_names: list[str], cfg: Any) -> tu
     before = file_identity(path)
     with locked(directory, f"the label cache of split {split!r}") as lock:
         if lock is None:
-            records, report, _ = parser.scan(split, class_names)
-            return records, report
+            return run_scan(parser.records, split, class_names)
         fresh = lock.waited and file_identity(path) not in (None, before)
         return _scan_or_load(parser, split, class_names, cfg, settings, path, cipher, fresh)
 
@@ -224,6 +226,12 @@ def _scan_or_load(parser: Any, split: str, class_names: list[str], cfg: Any, set
             return got
         reason = got
     logger.info(f"scanning split {split!r} ({reason})")
+    return run_scan(_scan_and_write, parser, split, class_names, settings, path, cipher)
+
+
+def _scan_and_write(parser: Any, split: str, class_names: list[str], settings: dict, path: Path,
+                    cipher: Cipher | None) -> tuple[RecordTable, ScanReport]:
+    """The scan and the cache file (in the scan's child process, see ``run_scan``)."""
     records, report, files = parser.scan(split, class_names)
     stats = FileStats.of(sorted({str(p) for p in files}))
     data = _pack(records, stats, {"settings": settings, "report": dataclasses.asdict(report)})
