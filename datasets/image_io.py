@@ -1,8 +1,9 @@
 """Image decoding with one documented policy for every split and task.
 
 Decoding: PIL reads the header (format, mode, size, EXIF orientation, its decompression-bomb guard)
-and OpenCV's ``imdecode`` decodes 8-bit RGB and grey JPEG and PNG files, several times faster than
-PIL's decoder (0.9 against 5.9 ms for a 640x480 BCCD JPEG) and pixel for pixel the same (both use
+and OpenCV's ``imdecode`` decodes 8-bit RGB and grey JPEG and PNG files (``load_image`` 1.0 ms for a
+640x480 BCCD JPEG against 5.9 ms for the PIL-only path before, PIL's bare decode 1.2 ms;
+``benchmarks/dataloader.py`` times them), pixel for pixel the same as PIL (both use
 libjpeg-turbo's default IDCT and upsampling; PNG is lossless); every other file, mode or an
 incomplete one goes through PIL. A JPEG that the caller will shrink anyway may be decoded at 1/2,
 1/4 or 1/8 of its size (libjpeg's DCT scaling, ``at_least``), when that still covers the size
