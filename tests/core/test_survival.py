@@ -32,6 +32,8 @@ CHILD = Path(__file__).with_name("survival_child.py")
 CPU = DistInfo.single()
 FAST = {"train.channels_last": False, "eval.plots": False, "eval.dashboard": False, "train.epochs": 2}
 WORKERS = {"data.num_workers": 2}  # the default: the kill tests run with DataLoader workers, as users do
+# (the reference and the resumes too: mosaic partners come from each worker's pool, so a run depends on
+# its worker count, datasets.samplers.PoolSampler)
 # Limits on waits for a child: hang guards only (a passing test never reaches them), at least 10x the time
 # the awaited thing takes on a quiet machine, since eight jobs share the cores (fixture ``jobs``).
 STEP_S = 600  # until a child reaches a step (quiet: about 20 s)
@@ -67,7 +69,7 @@ def reference(data_root, tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference")
-    Trainer(cfg_for(data_root), CPU, out).fit()
+    Trainer(cfg_for(data_root, **WORKERS), CPU, out).fit()
     torch.set_num_threads(before)
     return load_checkpoint(out / "last.pth")
 
@@ -81,7 +83,7 @@ def assert_same_run(a: dict, b: dict) -> None:
 
 
 def resume_to_end(root, run: Path) -> dict:
-    Trainer(cfg_for(root), CPU, run, resume=str(run / "last.pth")).fit()
+    Trainer(cfg_for(root, **WORKERS), CPU, run, resume=str(run / "last.pth")).fit()
     return load_checkpoint(run / "last.pth")
 
 
@@ -119,7 +121,7 @@ def jobs(data_root, tmp_path_factory):
         "sigkill": start_job(data_root, base / "sigkill", {"pause_after_step": 5}, **WORKERS),
         "sigkill_interval": start_job(data_root, base / "sigkill_interval", {"pause_after_step": 5}, **WORKERS,
                                       **{"train.save_interval_min": 1e-9}),  # an in-epoch save after every step
-        "stall": start_job(data_root, base / "stall", {"stall_last_write": True}),
+        "stall": start_job(data_root, base / "stall", {"stall_last_write": True}, **WORKERS),
         "sigint_twice": start_job(data_root, base / "sigint_twice", {"hold_after_step": 4}, **WORKERS),
         "ddp_crash": start_job(data_root, base / "ddp_crash", {"raise_rank": 1, "raise_step": 2}, ranks=2),
         "ddp_odd": start_job(odd, base / "ddp_odd", {"nan_rank": 1, "nan_step": 2}, ranks=2,
@@ -274,7 +276,8 @@ def test_stop_request_mid_accumulation_waits_for_the_optimizer_step(data_root, t
     resumed.fit(stop_after_epoch=2)
     monkeypatch.undo()
     order = torch.randperm(12, generator=torch.Generator().manual_seed(0 + 1)).tolist()  # seed + epoch
-    assert loaded == order[8:]  # only epoch 2's last batch was loaded, never the 8 samples trained on
+    # only epoch 2's last batch was loaded, never the 8 samples trained on (keys: index, mosaic pool)
+    assert [k[0] if isinstance(k, tuple) else k for k in loaded] == order[8:]
     resumed.fit()
     a, b = load_checkpoint(tmp_path / "a" / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
     assert_same_run(a, b)
