@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from configs.base_config import BaseConfig, ConfigError
 from datasets import build_dataloader, build_dataset
-from datasets.dataset import mosaic_buffer_size
+from datasets.samplers import mosaic_buffer_size
 from utils.dist import DistInfo
 
 

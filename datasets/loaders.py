@@ -9,7 +9,7 @@ both raising ``ImageError`` naming the file. Every loader follows the decoding p
 ``datasets.image_io`` (modes, 16-bit, alpha, EXIF), so changing the loader never moves a box.
 A loader may also offer ``load_scaled(path, at_least)``: the image, possibly decoded at 1/k of its
 size (k in 1, 2, 4, 8, ``image_io.reduced_hw``) while still covering ``at_least`` = (h, w); the
-training pipeline uses it for images it shrinks anyway (``datasets.dataset.load_resized``).
+training pipeline uses it for images it shrinks anyway (``load_resized`` below).
 
 Built in: ``PilLoader`` (default; the decoders of ``datasets.image_io``: OpenCV for 8-bit
 JPEG/PNG, PIL for the rest), ``TurboJpegLoader`` (libjpeg-turbo through PyTurboJPEG, for

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from datasets.dataset import LoaderStallError, build_dataloader
+from datasets.dataset import build_dataloader
+from datasets.workers import LoaderStallError
 
 FORK = multiprocessing.get_context("fork")  # the DataLoader forks its workers: they share these events
 

@@ -11,9 +11,9 @@ from configs import load_config
 from core.loaders import build_train_loader
 from datasets import image_io
 from datasets.augment import MIN_POOL, draw_partners
-from datasets.dataset import collate_fn, mosaic_buffer_size, to_input
+from datasets.dataset import collate_fn, to_input
 from datasets.mosaic import Canvas, mosaic, mosaic_lazy
-from datasets.samplers import PoolSampler, SeededRandomSampler, ShardSampler
+from datasets.samplers import PoolSampler, SeededRandomSampler, ShardSampler, mosaic_buffer_size
 from utils.dist import DistInfo
 
 CPU = DistInfo.single()
