@@ -43,13 +43,18 @@ def trim_heap() -> None:
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, or None (another C library, or no ctypes)."""
+def _libc():
+    """glibc, or None (another C library, or no ctypes)."""
     try:
         import ctypes
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError, ImportError):
+        return ctypes.CDLL("libc.so.6")
+    except (OSError, ImportError):
         return None
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None."""
+    return getattr(_libc(), "malloc_trim", None)
 
 
 # -- a step in a child process ----------------------------------------------------------------
@@ -150,11 +155,10 @@ def _child_main(conn: Any, fn: Callable, args: tuple, parent: int) -> None:
 
 def _die_with_parent(parent: int) -> None:
     """SIGKILL this process when the thread that forked it dies (Linux; elsewhere nothing)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError, ImportError):
+    prctl = getattr(_libc(), "prctl", None)
+    if prctl is None:
         return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the prctl
         os._exit(1)
 
