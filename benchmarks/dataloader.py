@@ -24,7 +24,10 @@ loader (``core.loaders.build_train_loader``: sampler, mosaic buffer, collate).
    ``train.num_threads=1 data.num_workers=0`` (data and step in one process on one core), timed by the
    trainer's own clock (``Trainer.train_seconds``: the epoch's batches, loading included), with this
    code and, with --baseline, DIR's, in alternating rounds: ``epoch_s``, ``baseline_epoch_s`` and
-   ``epoch_speedup`` in RESULT.
+   ``epoch_speedup`` in RESULT. The epoch is also split into the time inside ``Trainer.train_step``
+   (forward, loss, backward, optimizer) and the rest, waiting for the loader (``epoch_data_s``,
+   ``baseline_epoch_data_s``); ``epoch_data_ceiling`` = epoch / (epoch - data wait) of the baseline is
+   the largest epoch speedup any data pipeline could give it.
 6. The decoders the choice was made from, milliseconds per decode (one thread, best of 3 passes):
    PIL (``Image.open`` + ``load``, the loader before issue 19), PIL with ``draft`` at 1/2, OpenCV
    ``imdecode`` full and at 1/2 (``IMREAD_REDUCED``), and the repo's ``load_image`` (PIL header + OpenCV),
@@ -111,8 +114,9 @@ def measure(code: Path, key: str, work: Path, large_root: Path | None, workers: 
     return n / seconds
 
 
-def measure_epoch(code: Path, work: Path) -> float:
-    """Seconds of one bccd_v9t training epoch (416 px, 1 thread, 0 workers) with the code in ``code``."""
+def measure_epoch(code: Path, work: Path) -> tuple[float, float]:
+    """(seconds of one bccd_v9t training epoch (416 px, 1 thread, 0 workers), seconds of it spent outside
+    ``Trainer.train_step``, i.e. waiting for batches) with the code in ``code``."""
     sys.path.insert(0, str(code))
     import cv2
     from loguru import logger
@@ -133,11 +137,22 @@ def measure_epoch(code: Path, work: Path) -> float:
     set_cpu_threads(1)
     cv2.setNumThreads(1)
     trainer = Trainer(cfg, DistInfo.single(), work / "runs" / f"epoch_{os.getpid()}")
+    step_s = [0.0]
+    step = trainer.train_step
+
+    def timed_step(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return step(*args, **kwargs)
+        finally:
+            step_s[0] += time.perf_counter() - t0
+
+    trainer.train_step = timed_step  # the epoch loop calls self.train_step per batch
     trainer.fit(stop_after_epoch=1)  # the first of 2 epochs: no validation
-    return trainer.train_seconds
+    return trainer.train_seconds, trainer.train_seconds - step_s[0]
 
 
-def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: int = 0, epochs: int = 1) -> float:
+def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: int = 0, epochs: int = 1):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", key, "--code", str(code), "--work", str(work),
            "--workers", str(workers), "--workers-epochs", str(epochs)]
     if large_root is not None:
@@ -146,7 +161,7 @@ def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: i
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(code))
     if out.returncode:
         sys.exit(f"measuring {key} with the code in {code} failed:\n{out.stderr[-3000:]}")
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- the large-image set ----------------------------------------------------------------------------
@@ -287,12 +302,13 @@ def main(argv: list[str]) -> None:
                     best[(name, key)] = max(best.get((name, key), 0.0), rate)
                     print(f"round {r + 1}: {name:<8} {key:<15} {rate:8.1f} samples/s", flush=True)
         workers2 = _child(REPO, "uncached", work / "new", None, workers=2, epochs=args.workers_epochs)
-        epoch_s: dict[str, float] = {}
+        epoch_s: dict[str, tuple[float, float]] = {}  # best round: (epoch s, of which waiting for data)
         for r in range(args.rounds if args.train_epoch else 0):
             for name, code in codes.items():
-                sec = _child(code, "epoch", work / name, None)
-                epoch_s[name] = min(epoch_s.get(name, float("inf")), sec)
-                print(f"round {r + 1}: {name:<8} bccd_v9t epoch   {sec:8.1f} s", flush=True)
+                sec, wait = _child(code, "epoch", work / name, None)
+                epoch_s[name] = min(epoch_s.get(name, (float("inf"), 0.0)), (sec, wait))
+                print(f"round {r + 1}: {name:<8} bccd_v9t epoch   {sec:8.1f} s ({wait:.2f} s waiting for data)",
+                      flush=True)
         bccd_files = sorted((REPO / "data" / "BCCD" / "JPEGImages").glob("*.jpg"))[:pick(tiny, 40, 4)]
         large_files = sorted((large / "JPEGImages").glob("*.jpg"))[:pick(tiny, 12, 2)]
         h, w = pr.large_hw
@@ -326,13 +342,19 @@ def main(argv: list[str]) -> None:
           f"{'not the bottleneck' if workers2 > step else 'THE BOTTLENECK'})")
     if epoch_s:
         size = pick(tiny, 416, 64)
-        line = f"\nbccd_v9t training epoch ({size} px, 1 thread, 0 workers): {epoch_s['new']:.1f} s"
-        result["epoch_s"] = round(epoch_s["new"], 3)
+        sec, wait = (round(x, 3) for x in epoch_s["new"])
+        line = (f"\nbccd_v9t training epoch ({size} px, 1 thread, 0 workers): {sec:.1f} s, of which "
+                f"{wait:.2f} s waiting for data")
+        result["epoch_s"], result["epoch_data_s"] = sec, wait
         if "baseline" in epoch_s:
-            speedup = epoch_s["baseline"] / epoch_s["new"]
-            line += f", baseline {epoch_s['baseline']:.1f} s: {speedup:.2f}x"
-            result["baseline_epoch_s"] = round(epoch_s["baseline"], 3)
-            result["epoch_speedup"] = round(result["baseline_epoch_s"] / result["epoch_s"], 3)  # of the printed figures
+            old_sec, old_wait = (round(x, 3) for x in epoch_s["baseline"])
+            result["baseline_epoch_s"], result["baseline_epoch_data_s"] = old_sec, old_wait
+            result["epoch_speedup"] = round(old_sec / sec, 3)  # of the printed figures
+            # a data pipeline that took no time at all would leave the baseline's steps
+            result["epoch_data_ceiling"] = round(old_sec / max(old_sec - old_wait, 1e-9), 3)
+            line += (f"; baseline {old_sec:.1f} s, of which {old_wait:.2f} s waiting for data: "
+                     f"{result['epoch_speedup']:.2f}x (a loader taking no time at all: "
+                     f"{result['epoch_data_ceiling']:.2f}x)")
         print(line)
     result.update({"workers2": round(workers2, 2), "train_step_img_per_s": round(step, 3), "cpu_threads": threads,
                    "decode_ms": {name: {"bccd": decoders["bccd"][name], "large": decoders["large"][name]}

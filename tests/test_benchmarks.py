@@ -246,8 +246,8 @@ def test_dataloader_rates_and_their_ratios(runs):
     result, out = runs.result("dataloader")
     per_core = ("uncached", "lmdb_cached", "ram_cached", "large_uncached")
     keys = {*per_core, *(f"baseline_{k}" for k in per_core), *(f"{k}_speedup" for k in per_core),
-            "epoch_s", "baseline_epoch_s", "epoch_speedup", "workers2", "train_step_img_per_s", "cpu_threads",
-            "decode_ms"}
+            "epoch_s", "baseline_epoch_s", "epoch_speedup", "epoch_data_s", "baseline_epoch_data_s",
+            "epoch_data_ceiling", "workers2", "train_step_img_per_s", "cpu_threads", "decode_ms"}
     assert set(result) == keys
     for k in per_core:  # the speedup is new / baseline from the figures it printed (2 decimals: ~1%)
         assert finite(result[k], result[f"baseline_{k}"]) and result[k] > 0 and result[f"baseline_{k}"] > 0
@@ -255,6 +255,10 @@ def test_dataloader_rates_and_their_ratios(runs):
         row = re.search(rf"^{k}\s+([\d.]+)\s+([\d.]+)\s", out, re.M)  # the table shows the same figures
         assert abs(float(row[1]) - result[k]) <= 0.06 and abs(float(row[2]) - result[f"baseline_{k}"]) <= 0.06
     assert result["epoch_speedup"] == pytest.approx(result["baseline_epoch_s"] / result["epoch_s"], rel=2e-3)
+    # the wait for data is a part of the epoch; a loader taking no time would leave the baseline's steps
+    assert 0 < result["epoch_data_s"] < result["epoch_s"] and 0 < result["baseline_epoch_data_s"] < result["baseline_epoch_s"]
+    old, wait = result["baseline_epoch_s"], result["baseline_epoch_data_s"]
+    assert result["epoch_data_ceiling"] == pytest.approx(old / (old - wait), rel=2e-3)
     assert result["workers2"] > 0 and result["train_step_img_per_s"] > 0
     assert set(result["decode_ms"]) == {"pil", "pil_draft_half", "opencv", "opencv_half", "load_image"}
     assert all(v["bccd"] > 0 and v["large"] > 0 for v in result["decode_ms"].values())
