@@ -38,6 +38,14 @@ class Priors:
         tl = self.grid_xy * self.stride[:, None]
         return torch.cat((tl, tl + self.stride[:, None]), -1)
 
+    def level_ranges(self) -> list[tuple[int, int]]:
+        """(first prior, number of priors) of each level, as host ints (no device read)."""
+        out, first = [], 0
+        for h, w in self.level_hw:
+            out.append((first, h * w * self.num_anchors))
+            first += h * w * self.num_anchors
+        return out
+
     def __len__(self) -> int:
         return self.level.numel()
 
@@ -50,22 +58,25 @@ def make_priors(img_hw: tuple[int, int], strides: list[int], anchors: list | Non
                 device: torch.device | str = "cpu") -> Priors:
     """Build priors for an input of img_hw (h, w).
 
-    anchors: per level a list of [w, h] in input pixels, or None for anchor-free heads.
+    anchors: per level a list of [w, h] in input pixels, or None for anchor-free heads. Every tensor is
+    made on ``device`` (the anchors are its only copy from the host; models cache priors per input size).
     """
+    device = torch.device(device)
     levels, strides_t, grids, whs, aidx, level_hw = [], [], [], [], [], []
     for lv, s in enumerate(strides):
         h, w = img_hw[0] // s, img_hw[1] // s
         level_hw.append((h, w))
-        lv_anchors = torch.tensor(anchors[lv], dtype=torch.float32) if anchors else torch.full((1, 2), float(s))
+        lv_anchors = (torch.tensor(anchors[lv], dtype=torch.float32, device=device) if anchors
+                      else torch.full((1, 2), float(s), device=device))
         a = lv_anchors.shape[0]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         grid = torch.stack((xs, ys), -1).reshape(-1, 1, 2).expand(-1, a, 2).reshape(-1, 2)
         n = grid.shape[0]
         grids.append(grid.float())
         whs.append(lv_anchors.repeat(h * w, 1))
-        aidx.append(torch.arange(a).repeat(h * w))
-        levels.append(torch.full((n,), lv, dtype=torch.long))
-        strides_t.append(torch.full((n,), float(s)))
+        aidx.append(torch.arange(a, device=device).repeat(h * w))
+        levels.append(torch.full((n,), lv, dtype=torch.long, device=device))
+        strides_t.append(torch.full((n,), float(s), device=device))
     num_anchors = len(anchors[0]) if anchors else 1
     return Priors(torch.cat(levels), torch.cat(strides_t), torch.cat(grids), torch.cat(whs),
-                  torch.cat(aidx), level_hw, num_anchors, anchors is None).to(torch.device(device))
+                  torch.cat(aidx), level_hw, num_anchors, anchors is None)

@@ -1,7 +1,6 @@
 """all_grid: every cell of every level is a candidate; the IoU threshold alone decides."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from models.assigners.base import GridIoUAssigner
@@ -9,9 +8,10 @@ from models.priors import Priors
 
 
 class AllGridAssigner(GridIoUAssigner):
-    """Candidates: every slot; unbounded centre offsets (scaled by the anchor) reach any GT."""
+    """Candidates: every slot; unbounded centre offsets (scaled by the anchor) reach any GT. Its pairs
+    are B x G x P: the candidates are all the priors."""
 
     coders = {"anchor": "linear"}
 
-    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
-        return torch.ones(gt_xyxy.shape[0], len(priors), dtype=torch.bool, device=gt_xyxy.device)
+    def candidates(self, boxes: Tensor, priors: Priors) -> tuple[None, None]:
+        return None, None

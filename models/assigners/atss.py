@@ -8,6 +8,10 @@ the GT of highest IoU. The prior box is the anchor at its cell centre; on an anc
 is a square of ``anchor_scale`` strides (the paper's 8S). The target score of a positive is the
 IoU of its predicted box with the GT (0 when given blank predictions), a quality target for the
 class branch; the assignment itself does not depend on the predictions.
+
+Each GT keeps its K = levels x topk candidates as a list of prior indices ([B, G, K]): the distances to
+one level's priors are computed for the top-k (a level at a time), and everything after works on the
+candidates alone, without host-device syncs.
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.assigners.base import Assigner, AssignResult, Predictions, centres_inside, empty_result, pad_per_image
+from models.assigners.base import Assigner, AssignResult, PaddedGTs, Predictions, points_inside, result_of_winners
+from models.assigners.padding import winner_per_prior
 from models.priors import Priors
-from utils.boxes import bbox_iou, box_iou
+from utils.boxes import bbox_iou
 
 
 @dataclass(frozen=True)
@@ -34,49 +39,42 @@ class ATSSOptions:
 
 
 class ATSSAssigner(Assigner):
-    """assign(targets, priors, preds): preds only give the positives' target scores."""
+    """assign(targets, priors, preds, max_gt): preds only give the positives' target scores."""
 
     Options = ATSSOptions
     coders = {"anchor": "linear", "dfl": "distance"}  # a positive's centre may be far from the GT centre
 
-    @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
-        batch_size, num_p, device = preds.batch_size, len(priors), targets.device
-        result = empty_result(batch_size, num_p, device)
-        gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)  # ignore regions are not GTs
-        if gt_rows.numel() == 0 or num_p == 0:
-            return result
-        rows, boxes, labels, valid = pad_per_image(targets, gt_rows, batch_size)  # [B, G, ...]
-        cand = self._closest_per_level(priors, boxes, valid)  # [B, G, P]
-        iou = box_iou(boxes.reshape(-1, 4), self._prior_boxes(priors)).view(cand.shape)  # [B, G, P]
+    def pair_width(self, priors: Priors) -> int:
+        return max(count for _, count in priors.level_ranges())  # the distances to one level's priors
+
+    def assign_padded(self, gts: PaddedGTs, priors: Priors, preds: Predictions) -> AssignResult:
+        rows, boxes, labels, valid = gts
+        num_p = len(priors)
+        idx = self._closest_per_level(priors, boxes)  # [B, G, K] candidate prior indices
+        cand = valid[..., None].expand(idx.shape)
+        iou = bbox_iou(boxes[:, :, None], self._prior_boxes(priors)[idx], "iou")  # [B, G, K]
 
         n = cand.sum(-1).clamp(min=1)
         mean = (iou * cand).sum(-1) / n
         std = (((iou - mean[..., None]) ** 2 * cand).sum(-1) / (n - 1).clamp(min=1)).sqrt()  # unbiased
-        pos = cand & (iou >= (mean + std)[..., None]) & centres_inside(priors, boxes, valid)
+        pos = cand & (iou >= (mean + std)[..., None]) & points_inside(priors.centers[idx], boxes, valid)
 
-        # A prior positive for several GTs keeps the GT of highest IoU.
-        g_best = iou.masked_fill(~pos, -1.0).argmax(1)  # [B, P]
-        fg = pos.any(1)
-        result.fg_mask = fg
-        result.gt_index = torch.where(fg, rows.gather(1, g_best), -1)
-        result.target_boxes = boxes.gather(1, g_best[..., None].expand(-1, -1, 4)) * fg[..., None]
-        result.target_labels = torch.where(fg, labels.gather(1, g_best), -1)
-        quality = bbox_iou(result.target_boxes[fg], preds.boxes.float()[fg], "iou").clamp(0, 1)
-        result.target_scores[fg] = quality
+        # A prior positive for several GTs keeps the GT of highest IoU (the first one on ties).
+        result = result_of_winners(rows, boxes, labels, winner_per_prior(iou, idx, pos, num_p, last=False))
+        quality = bbox_iou(result.target_boxes, preds.boxes.float(), "iou").clamp(0, 1)
+        result.target_scores = torch.where(result.fg_mask, quality, 0.0)
         return result
 
-    def _closest_per_level(self, priors: Priors, boxes: Tensor, valid: Tensor) -> Tensor:
-        """[B, G, P] bool: on each level, the topk priors closest to the GT centre."""
+    def _closest_per_level(self, priors: Priors, boxes: Tensor) -> Tensor:
+        """[B, G, K] long: on each level, the topk priors closest to the GT centre (K = their sum)."""
         gt_c = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, G, 2]
-        dist = (gt_c[:, :, None] - priors.centers[None, None]).norm(dim=-1)  # [B, G, P]
-        cand = torch.zeros_like(dist, dtype=torch.bool)
-        for lv in range(len(priors.level_hw)):
-            idx = torch.nonzero(priors.level == lv).squeeze(1)
-            k = min(self.opt.topk, idx.numel())
-            nearest = dist[..., idx].topk(k, dim=-1, largest=False).indices
-            cand[..., idx] = torch.zeros_like(cand[..., idx]).scatter_(-1, nearest, True)
-        return cand & valid[..., None]
+        centres = priors.centers
+        nearest = []
+        for first, count in priors.level_ranges():
+            dist = (gt_c[:, :, None] - centres[None, None, first:first + count]).norm(dim=-1)  # [B, G, count]
+            k = min(self.opt.topk, count)
+            nearest.append(dist.topk(k, dim=-1, largest=False).indices + first)
+        return torch.cat(nearest, -1)
 
     def _prior_boxes(self, priors: Priors) -> Tensor:
         """[P, 4] xyxy: the anchor boxes, or anchor_scale-stride squares for an anchor-free head."""

@@ -10,8 +10,12 @@ its own file, registered by name in ``models.assigners.ASSIGNERS``. A method dec
 - ``uses_predictions``: whether the model's own boxes and scores change the assignment;
 - ``describe()``: its settings in one line, for the debug plots.
 
-``assign(targets, priors, preds) -> AssignResult``. Every loss passes ``preds``, the detached
-decoded predictions; a method may ignore them.
+``assign(targets, priors, preds, max_gt=None) -> AssignResult``. Every loss passes ``preds``, the
+detached decoded predictions (a method may ignore them), and the training step ``max_gt``, a host-side
+bound on the target rows of any one image: with it, nothing in an assignment waits for the device
+(no ``.item()``, ``nonzero`` or boolean-mask indexing; see ``padding``). ``Assigner.assign`` pads the
+GTs per image once and hands the method a chunk of images at a time (``assign_padded``), so what a
+method holds is bounded by ``padding.CHUNK_PAIRS`` (GT, candidate) pairs per chunk.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from models.assigners.padding import check_classes, image_chunks, pad_per_image, winner_per_prior
 from models.priors import Priors
-from utils.boxes import box_iou
+from utils.boxes import bbox_iou, coordinate_planes
 
 
 class Predictions(NamedTuple):
@@ -36,6 +41,24 @@ class Predictions(NamedTuple):
     @property
     def batch_size(self) -> int:
         return self.boxes.shape[0]
+
+    def images(self, lo: int, hi: int) -> Predictions:
+        """The predictions of images [lo, hi)."""
+        return Predictions(self.boxes[lo:hi], self.scores[lo:hi])
+
+
+class PaddedGTs(NamedTuple):
+    """GTs in per-image slots (``padding.pad_per_image``): rows [B, G] long (the ``targets`` row, -1 on
+    padding), boxes [B, G, 4] xyxy px (zeros on padding), labels [B, G] long, valid [B, G] bool."""
+
+    rows: Tensor
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+
+    def images(self, lo: int, hi: int) -> PaddedGTs:
+        """The GTs of images [lo, hi)."""
+        return PaddedGTs(*(t[lo:hi] for t in self))
 
 
 def blank_predictions(batch_size: int, num_priors: int, num_classes: int = 1) -> Predictions:
@@ -62,6 +85,7 @@ class AssignResult:
 
     @property
     def num_fg(self) -> int:
+        """The number of positives, read from the device (plots and tests; never in training)."""
         return int(self.fg_mask.sum())
 
 
@@ -84,8 +108,30 @@ class Assigner:
     def __init__(self, **options) -> None:
         self.opt = self.Options(**options)
 
-    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
+    @torch.no_grad()
+    def assign(self, targets: Tensor, priors: Priors, preds: Predictions, max_gt: int | None = None) -> AssignResult:
+        """max_gt: None, or an upper bound on the target rows of any one image (ignore rows included),
+        known on the host: GTs are padded to it and the assignment never waits for the device. None
+        pads to the batch's largest GT count, read from the device (plots, tests). A method that
+        reads class scores checks the target classes against them."""
+        batch_size, num_p = preds.batch_size, len(priors)
+        if self.uses_predictions:
+            check_classes(targets, preds.scores.shape[-1], max_gt)
+        gts = PaddedGTs(*pad_per_image(targets, None, batch_size, max_gt))
+        if gts.boxes.shape[1] == 0 or num_p == 0:
+            return empty_result(batch_size, num_p, targets.device)
+        spans = image_chunks(batch_size, gts.boxes.shape[1] * self.pair_width(priors), targets.device)
+        parts = [self.assign_padded(gts.images(lo, hi), priors, preds.images(lo, hi)) for lo, hi in spans]
+        return parts[0] if len(parts) == 1 else concat_results(parts)
+
+    def assign_padded(self, gts: PaddedGTs, priors: Priors, preds: Predictions) -> AssignResult:
+        """The method itself, on a chunk of images with at least one GT slot each."""
         raise NotImplementedError
+
+    def pair_width(self, priors: Priors) -> int:
+        """The (GT, prior) pairs per GT the method works on at once (sets the chunk size): every prior
+        unless a method lists fewer candidates."""
+        return len(priors)
 
     def describe(self) -> str:
         """The method's settings in one short line, for the debug plot titles (after its name)."""
@@ -109,11 +155,12 @@ class GridOptions:
 class GridIoUAssigner(Assigner):
     """IoU matching of GT boxes with anchor boxes placed at candidate cells.
 
-    A subclass only says which cells are candidates (``candidates``). A (GT, prior) pair
+    A subclass only says which priors are candidates (``candidates``). A (GT, prior) pair
     matches when the prior is a candidate and IoU(anchor box at its cell centre, GT) >=
-    ``match_iou_thres``. ``ensure_one_match`` gives a GT with no match its best candidate, so
-    no object is silently untrained. With ``filter_by_max_iou`` a slot claimed by several GTs
-    keeps the GT of highest IoU; without it, the GT listed last in ``targets`` keeps it.
+    ``match_iou_thres``. ``ensure_one_match`` gives a GT with no match its best candidate (the
+    lowest prior index on ties), so no object is silently untrained. With ``filter_by_max_iou`` a
+    slot claimed by several GTs keeps the GT of highest IoU; without it, the GT listed last in
+    ``targets`` keeps it. Work and memory grow with the candidates: B x G x K pairs.
     """
 
     Options = GridOptions
@@ -122,85 +169,56 @@ class GridIoUAssigner(Assigner):
         """(match_iou_thres, filter_by_max_iou, ensure_one_match) of this method."""
         return self.opt.match_iou_thres, self.opt.filter_by_max_iou, self.opt.ensure_one_match
 
-    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
-        """gt_xyxy: [G, 4] -> [G, P] bool, which priors may take each GT."""
+    def candidates(self, boxes: Tensor, priors: Priors) -> tuple[Tensor | None, Tensor | None]:
+        """boxes [B, G, 4] -> (idx [B, G, K] long prior indices, usable [B, G, K] bool) of each GT's
+        candidates (K = ``pair_width``), or (None, None): every prior is a candidate."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
+    def assign_padded(self, gts: PaddedGTs, priors: Priors, preds: Predictions) -> AssignResult:
         thres, filter_by_max_iou, ensure_one_match = self.matching()
-        batch_size = preds.batch_size
-        device, num_p = targets.device, len(priors)
-        result = empty_result(batch_size, num_p, device)
-        gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)
-        if gt_rows.numel() == 0:
-            return result
-        gt = targets[gt_rows]
-        iou = box_iou(gt[:, 2:6], priors.boxes())  # [G, P]
-        cand = self.candidates(gt[:, 2:6], priors)
-        iou = torch.where(cand, iou, torch.full_like(iou, -1.0))
+        rows, boxes, labels, valid = gts
+        num_p = len(priors)
+        idx, usable = self.candidates(boxes, priors)  # [B, G, K], or every prior
+        usable = valid[..., None] if usable is None else usable & valid[..., None]
+        anchor_boxes = coordinate_planes(priors.boxes())  # [P, 4]
+        iou = bbox_iou(boxes[:, :, None], anchor_boxes if idx is None else anchor_boxes[idx], "iou")
+        iou = torch.where(usable, iou, -1.0)
         match = iou >= thres
         if ensure_one_match:
-            lonely = ~match.any(1)
-            best = iou.argmax(1)
-            match[lonely, best[lonely]] = cand[lonely, best[lonely]]
-        g_idx, p_idx = torch.nonzero(match, as_tuple=True)
-        slot = gt[g_idx, 0].long() * num_p + p_idx  # flat index into [B * P]
-        pair_iou = iou[g_idx, p_idx]
-        win = resolve_conflicts(slot, pair_iou if filter_by_max_iou else g_idx.float(),
-                                g_idx, batch_size * num_p)
-        slot, g_idx, pair_iou = slot[win], g_idx[win], pair_iou[win]
-        fill(result, slot, gt_rows[g_idx], gt[g_idx], pair_iou.clamp(0, 1))
+            lonely = valid & ~match.any(-1)
+            match |= lonely[..., None] & usable & _first_best(iou, idx, usable, num_p)
+        key = iou if filter_by_max_iou else torch.arange(boxes.shape[1], device=iou.device).view(1, -1, 1).float()
+        result = result_of_winners(rows, boxes, labels, winner_per_prior(key, idx, match, num_p, last=True))
+        score = bbox_iou(result.target_boxes, anchor_boxes, "iou").clamp(0, 1)  # the winning pair's IoU
+        result.target_scores = torch.where(result.fg_mask, score, 0.0)
         return result
+
+
+def _first_best(iou: Tensor, idx: Tensor | None, usable: Tensor, num_p: int) -> Tensor:
+    """[B, G, K] bool: each GT's candidate of highest IoU, the lowest prior index on ties."""
+    if idx is None:
+        return torch.zeros_like(iou, dtype=torch.bool).scatter_(-1, iou.argmax(-1, keepdim=True), True)
+    best = iou.amax(-1, keepdim=True)
+    first = torch.where(usable & (iou == best), idx, num_p).amin(-1, keepdim=True)
+    return idx == first
 
 
 INSIDE_EPS = 1e-9  # a prior centre is inside a box when its smallest distance to a side exceeds this
 
 
-def centres_inside(priors: Priors, boxes: Tensor, valid: Tensor) -> Tensor:
-    """[B, G, P] bool: prior centre strictly inside GT box [B, G, 4] (every side farther than
-    INSIDE_EPS), for the real GTs (``valid`` [B, G]) only."""
-    cx, cy = priors.centers[:, 0], priors.centers[:, 1]  # [P]
+def points_inside(points: Tensor, boxes: Tensor, valid: Tensor) -> Tensor:
+    """points [..., 2] broadcastable against [B, G, K] ([P, 2], or [B, G, K, 2] at listed candidates)
+    -> [B, G, K] bool: strictly inside GT box [B, G, 4] (every side farther than INSIDE_EPS), for
+    the real GTs (``valid`` [B, G]) only."""
+    cx, cy = points[..., 0], points[..., 1]
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # [B, G, 1]
     return ((cx - x1 > INSIDE_EPS) & (cy - y1 > INSIDE_EPS) & (x2 - cx > INSIDE_EPS)
             & (y2 - cy > INSIDE_EPS) & valid[..., None])
 
 
-def pad_per_image(targets: Tensor, gt_rows: Tensor, batch_size: int
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Scatter the GT rows into per-image slots padded to the largest GT count of the batch.
-
-    Returns (rows [B, G] long, -1 on padding; boxes [B, G, 4]; labels [B, G] long, 0 on
-    padding; valid [B, G] bool). GTs keep their order in ``targets`` within each image.
-    """
-    img = targets[gt_rows, 0].long()
-    if int(img.min()) < 0 or int(img.max()) >= batch_size:
-        raise ValueError(f"target batch index out of range [0, {batch_size - 1}]")
-    order = torch.sort(img, stable=True).indices
-    gt_rows, img = gt_rows[order], img[order]
-    counts = torch.bincount(img, minlength=batch_size)
-    first = torch.cumsum(counts, 0) - counts  # index of each image's first GT in sorted order
-    slot = torch.arange(img.numel(), device=img.device) - first[img]
-    g = int(counts.max())
-    device = targets.device
-    rows = torch.full((batch_size, g), -1, dtype=torch.long, device=device)
-    boxes = torch.zeros(batch_size, g, 4, dtype=torch.float32, device=device)
-    labels = torch.zeros(batch_size, g, dtype=torch.long, device=device)
-    rows[img, slot] = gt_rows
-    boxes[img, slot] = targets[gt_rows, 2:6].float()
-    labels[img, slot] = targets[gt_rows, 1].long()
-    return rows, boxes, labels, rows >= 0
-
-
-def resolve_conflicts(slot: Tensor, key: Tensor, g_idx: Tensor, num_slots: int) -> Tensor:
-    """Bool mask over (GT, slot) pairs keeping, per slot, the pair of highest ``key`` (ties: the
-    highest GT index)."""
-    best = torch.full((num_slots,), -2.0, device=key.device).scatter_reduce(0, slot, key, "amax")
-    cand = key == best[slot]
-    g_key = torch.where(cand, g_idx, torch.full_like(g_idx, -1))
-    best_g = torch.full((num_slots,), -1, device=key.device, dtype=g_idx.dtype).scatter_reduce(
-        0, slot, g_key, "amax")
-    return cand & (g_idx == best_g[slot])
+def centres_inside(priors: Priors, boxes: Tensor, valid: Tensor) -> Tensor:
+    """[B, G, P] bool: prior centre strictly inside GT box [B, G, 4], for the real GTs only."""
+    return points_inside(priors.centers, boxes, valid)
 
 
 def empty_result(batch_size: int, num_p: int, device: torch.device) -> AssignResult:
@@ -213,11 +231,17 @@ def empty_result(batch_size: int, num_p: int, device: torch.device) -> AssignRes
         target_scores=torch.zeros(batch_size, num_p, device=device))
 
 
-def fill(result: AssignResult, slot: Tensor, rows: Tensor, gt: Tensor, score: Tensor) -> None:
-    """Write assigned pairs (unique flat slots b * P + p, their ``targets`` rows and GT rows
-    [n, 6], their scores) into ``result``."""
-    result.fg_mask.view(-1)[slot] = True
-    result.gt_index.view(-1)[slot] = rows
-    result.target_boxes.view(-1, 4)[slot] = gt[:, 2:6]
-    result.target_labels.view(-1)[slot] = gt[:, 1].long()
-    result.target_scores.view(-1)[slot] = score.to(result.target_scores.dtype)
+def concat_results(parts: list[AssignResult]) -> AssignResult:
+    """The results of consecutive image chunks as one."""
+    return AssignResult(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(AssignResult)))
+
+
+def result_of_winners(rows: Tensor, boxes: Tensor, labels: Tensor, winner: Tensor) -> AssignResult:
+    """The AssignResult of each prior's GT slot ``winner`` [B, P] (-1: background) in the padded layout
+    (rows, boxes, labels of ``pad_per_image``); target scores 0, for the method to set."""
+    fg = winner >= 0
+    g = winner.clamp(min=0)
+    target_boxes = torch.where(fg[..., None], boxes.gather(1, g[..., None].expand(-1, -1, 4)), 0.0)
+    return AssignResult(fg_mask=fg, gt_index=torch.where(fg, rows.gather(1, g), -1), target_boxes=target_boxes,
+                        target_labels=torch.where(fg, labels.gather(1, g), -1),
+                        target_scores=torch.zeros(fg.shape, device=fg.device))

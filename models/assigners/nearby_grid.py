@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from models.assigners.base import GridIoUAssigner
-from models.assigners.single_grid import centre_cells
+from models.assigners.cells import Level, block_offsets, centre_cell, level_candidates
 from models.priors import Priors
 
 
@@ -13,5 +13,14 @@ class NearbyGridAssigner(GridIoUAssigner):
 
     coders = {"anchor": "nearby"}
 
-    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
-        return ((centre_cells(gt_xyxy, priors) - priors.grid_xy[None]).abs() <= 1).all(-1)
+    def pair_width(self, priors: Priors) -> int:
+        return len(priors.level_hw) * 9 * priors.num_anchors  # 3 x 3 cells per level
+
+    def candidates(self, boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
+        return level_candidates(boxes, priors, self._cells)
+
+    @staticmethod
+    def _cells(boxes: Tensor, level: Level) -> tuple[Tensor, None]:
+        """[B, G, 9, 2]: the block around the centre cell (cells off the map are dropped later)."""
+        cell = centre_cell(boxes, level)
+        return cell[:, :, None] + block_offsets(1, cell), None

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from models.assigners.base import GridIoUAssigner
-from models.assigners.single_grid import centre_cells
+from models.assigners.cells import Level, centre_cell, level_candidates, scaled_centres
 from models.priors import Priors
 
 
@@ -43,17 +43,27 @@ class RatioGridAssigner(GridIoUAssigner):
         # fits no anchor stays unassigned.
         return 0.0, True, False
 
-    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
-        wh = (gt_xyxy[:, 2:] - gt_xyxy[:, :2]).clamp(min=1e-6)
-        ratio = wh[:, None] / priors.anchor_wh[None]  # [G, P, 2]
-        shape_ok = torch.maximum(ratio, 1.0 / ratio).amax(-1) < self.opt.anchor_t
+    def pair_width(self, priors: Priors) -> int:
+        return len(priors.level_hw) * 3 * priors.num_anchors  # 3 cells per level
 
-        centre = (gt_xyxy[:, None, :2] + gt_xyxy[:, None, 2:]) / 2 / priors.stride[None, :, None]
+    def candidates(self, boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
+        idx, usable = level_candidates(boxes, priors, self._cells)  # [B, G, 3 cells x A anchors per level]
+        wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-6)
+        ratio = wh[:, :, None] / priors.anchor_wh[idx]  # [B, G, K, 2]
+        shape_ok = torch.maximum(ratio, 1.0 / ratio).amax(-1) < self.opt.anchor_t
+        return idx, usable & shape_ok
+
+    @staticmethod
+    def _cells(boxes: Tensor, level: Level) -> tuple[Tensor, Tensor]:
+        """[B, G, 3, 2] cells: the centre cell, its left or right and its upper or lower neighbour
+        (the nearer one per axis; none when the centre is exactly mid-cell on that axis)."""
+        centre = scaled_centres(boxes, level)
         frac = centre - centre.floor()  # position inside the centre cell, per axis
         toward = (frac > 0.5).float() - (frac < 0.5).float()  # -1 / +1: side of the nearer neighbour
-        offset = priors.grid_xy[None] - centre_cells(gt_xyxy, priors)  # [G, P, 2]
-        same = offset == 0
-        near = (offset == toward) & (toward != 0)
-        # Priors exist only on the map, so a neighbour off the map is never a candidate.
-        cell_ok = same.all(-1) | (near[..., 0] & same[..., 1]) | (same[..., 0] & near[..., 1])
-        return shape_ok & cell_ok
+        cell = centre_cell(boxes, level)
+        zero = torch.zeros_like(toward[..., 0])
+        step_x = torch.stack((toward[..., 0], zero), -1)
+        step_y = torch.stack((zero, toward[..., 1]), -1)
+        cells = torch.stack((cell, cell + step_x, cell + step_y), 2)
+        usable = torch.stack((torch.ones_like(zero, dtype=torch.bool), toward[..., 0] != 0, toward[..., 1] != 0), 2)
+        return cells, usable

@@ -13,7 +13,10 @@ largest IoUs)); a prior taken by several GTs keeps the cheapest. The target scor
 its IoU (YOLOX's class target).
 
 The class cost uses the head's detection scores as given (obj * cls for the anchor head; YOLOX
-takes sqrt(obj * cls)). Vectorised over the batch on a [B, Gmax, P] layout (GTs padded per image).
+takes sqrt(obj * cls)). Vectorised over the batch on a [B, G, P] layout (GTs padded per image): every
+GT of an image weighs every candidate prior of the image, and the k cheapest of a GT may lie anywhere
+among them, so the pairs are dense; the class cost is a per-prior sum plus the GT's class column
+(see ``_class_cost``), never a [pairs x classes] tensor, and nothing waits for the device.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.assigners.base import Assigner, AssignResult, Predictions, centres_inside, empty_result, pad_per_image
+from models.assigners.base import Assigner, AssignResult, PaddedGTs, Predictions, centres_inside, result_of_winners
 from models.priors import Priors
-from utils.boxes import bbox_iou
+from utils.boxes import bbox_iou, coordinate_planes
 
 OUTSIDE_COST = 1e5  # added to candidates not both inside the box and near its centre
 PROB_EPS = 1e-7  # scores are clamped to [eps, 1 - eps] inside the logarithms
@@ -45,36 +48,29 @@ class SimOTAOptions:
 
 
 class SimOTAAssigner(Assigner):
-    """assign(targets, priors, Predictions(boxes [B, P, 4] xyxy px, scores [B, P, nc]))."""
+    """assign(targets, priors, Predictions(boxes [B, P, 4] xyxy px, scores [B, P, nc]), max_gt)."""
 
     Options = SimOTAOptions
     coders = {"anchor": "linear", "dfl": "distance"}  # positives may lie centre_radius cells from the GT
     uses_predictions = True
 
-    @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
-        pred_boxes, scores = preds.boxes.float(), preds.scores.float()
-        batch_size, num_p, device = preds.batch_size, len(priors), targets.device
-        result = empty_result(batch_size, num_p, device)
-        gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)  # ignore regions are not GTs
-        if gt_rows.numel() == 0 or num_p == 0:
-            return result
-        if int(targets[gt_rows, 1].max()) >= scores.shape[-1]:
-            raise ValueError(f"target class {int(targets[gt_rows, 1].max())} is out of range for "
-                             f"{scores.shape[-1]} classes")
-        rows, boxes, labels, valid = pad_per_image(targets, gt_rows, batch_size)  # [B, G, ...]
-        in_box = centres_inside(priors, boxes, valid)  # [B, G, P]
-        in_ctr = self._near_centre(priors, boxes, valid)
-        cand = (in_box | in_ctr).any(1, keepdim=True) & valid[..., None]  # centre prior of the image
+    def assign_padded(self, gts: PaddedGTs, priors: Priors, preds: Predictions) -> AssignResult:
+        rows, boxes, labels, valid = gts
+        pred_boxes, scores = coordinate_planes(preds.boxes.float()), preds.scores.float()
+        num_p, device = len(priors), boxes.device
+        in_box, near = centres_inside(priors, boxes, valid), self._near_centre(priors, boxes, valid)  # [B, G, P]
+        geometric = in_box & near  # inside the box and near its centre
+        cand = (in_box | near).any(1, keepdim=True) & valid[..., None]  # the image's centre prior
+        del in_box, near
 
-        # IoU and cost at the candidate pairs only; +inf elsewhere so they are never taken.
-        b, g, p = torch.nonzero(cand, as_tuple=True)
-        iou_pairs = bbox_iou(boxes[b, g], pred_boxes[b, p], "iou").clamp(0, 1)
-        cost_pairs = (self._class_cost(scores[b, p], labels[b, g])
-                      + self.opt.iou_weight * -torch.log(iou_pairs + 1e-8)
-                      + OUTSIDE_COST * ~(in_box[b, g, p] & in_ctr[b, g, p]))
-        iou = torch.zeros(cand.shape, device=device).index_put_((b, g, p), iou_pairs)
-        cost = torch.full(cand.shape, float("inf"), device=device).index_put_((b, g, p), cost_pairs)
+        # IoU and cost of every (GT, prior) pair; a prior off the image's centre prior is never taken.
+        iou = bbox_iou(boxes[:, :, None], pred_boxes[:, None], "iou").clamp_(0, 1)  # [B, G, P]
+        cost = self._class_cost(scores, labels)
+        cost += (iou + 1e-8).log_().mul_(-self.opt.iou_weight)
+        cost.add_(~geometric, alpha=OUTSIDE_COST)  # exact: the added values are 0 and OUTSIDE_COST
+        del geometric
+        iou.masked_fill_(~cand, 0.0)
+        cost.masked_fill_(~cand, float("inf"))
 
         k = min(self.opt.candidate_topk, num_p)
         dynamic_k = iou.topk(k, dim=-1).values.sum(-1).int().clamp(min=1)  # [B, G]
@@ -82,28 +78,29 @@ class SimOTAAssigner(Assigner):
         take = (torch.arange(k, device=device) < dynamic_k[..., None]) & torch.isfinite(order.values)
         matched = torch.zeros_like(cand).scatter_(-1, order.indices, take)  # [B, G, P]
 
-        # Conflicts: a prior taken by several GTs keeps the cheapest.
-        cost = cost.masked_fill(~matched, float("inf"))
-        g_best = cost.argmin(1)  # [B, P]
+        # Conflicts: a prior taken by several GTs keeps the cheapest (the first GT on ties).
+        g_best = cost.masked_fill_(~matched, float("inf")).argmin(1)  # [B, P]
         fg = matched.any(1)
-        gb = g_best.clamp(min=0)
-        result.fg_mask = fg
-        result.gt_index = torch.where(fg, rows.gather(1, gb), -1)
-        result.target_boxes = boxes.gather(1, gb[..., None].expand(-1, -1, 4)) * fg[..., None]
-        result.target_labels = torch.where(fg, labels.gather(1, gb), -1)
-        result.target_scores = iou.gather(1, gb[:, None]).squeeze(1) * fg
+        result = result_of_winners(rows, boxes, labels, torch.where(fg, g_best, -1))
+        result.target_scores = iou.gather(1, g_best[:, None]).squeeze(1) * fg
         return result
 
     def _near_centre(self, priors: Priors, boxes: Tensor, valid: Tensor) -> Tensor:
         """[B, G, P]: prior centre within center_radius strides of the GT centre, on both axes."""
         gt_c = (boxes[..., :2] + boxes[..., 2:]) / 2  # [B, G, 2]
-        reach = self.opt.center_radius * priors.stride[:, None]  # [P, 1]
-        return ((priors.centers[None, None] - gt_c[:, :, None]).abs() < reach).all(-1) & valid[..., None]
+        reach = self.opt.center_radius * priors.stride  # [P]
+        c = priors.centers
+        near_x = (c[:, 0] - gt_c[..., 0, None]).abs() < reach
+        return near_x & ((c[:, 1] - gt_c[..., 1, None]).abs() < reach) & valid[..., None]
 
     @staticmethod
     def _class_cost(scores: Tensor, labels: Tensor) -> Tensor:
-        """scores [n, nc], labels [n] -> [n]: BCE of scores against one_hot(labels), summed over classes."""
-        s = scores.clamp(PROB_EPS, 1 - PROB_EPS)
-        negative = -torch.log1p(-s)  # cost of each class as a negative
-        own = s.gather(1, labels[:, None]).squeeze(1)
-        return negative.sum(1) - negative.gather(1, labels[:, None]).squeeze(1) - torch.log(own)
+        """scores [B, P, nc], labels [B, G] -> [B, G, P]: BCE of a prior's scores against the GT's
+        one-hot class, summed over classes = (sum over all classes of -log(1 - s_c)) - (-log(1 - s_y))
+        - log(s_y): a per-prior sum and two gathered terms of the GT's class y, so the memory is that
+        of the [B, G, P] pairs, not of [pairs x classes]."""
+        negative = scores.clamp(PROB_EPS, 1 - PROB_EPS).neg_().log1p_().neg_()  # [B, P, nc] each class as a negative
+        column = labels[:, :, None].expand(-1, -1, scores.shape[1])  # [B, G, P]: the GT's class at every prior
+        cost = negative.transpose(1, 2).gather(1, column).neg_().add_(negative.sum(-1)[:, None])
+        own = scores.transpose(1, 2).gather(1, column).clamp_(PROB_EPS, 1 - PROB_EPS)
+        return cost.sub_(own.log_())

@@ -1,19 +1,11 @@
 """single_grid: only the cell holding the GT centre, on every level (YOLOv3 style)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from models.assigners.base import GridIoUAssigner
+from models.assigners.cells import Level, centre_cell, level_candidates
 from models.priors import Priors
-
-
-def centre_cells(gt_xyxy: Tensor, priors: Priors) -> Tensor:
-    """[G, 4] -> [G, P, 2] (column, row) of each GT centre on each prior's level, clamped to the map."""
-    centre = (gt_xyxy[:, None, :2] + gt_xyxy[:, None, 2:]) / 2
-    cell = torch.floor(centre / priors.stride[None, :, None])
-    hw = torch.tensor(priors.level_hw, device=gt_xyxy.device, dtype=cell.dtype)[priors.level]  # [P, 2] rows, cols
-    return torch.minimum(cell.clamp(min=0), hw.flip(-1)[None] - 1)
 
 
 class SingleGridAssigner(GridIoUAssigner):
@@ -21,5 +13,13 @@ class SingleGridAssigner(GridIoUAssigner):
 
     coders = {"anchor": "cell"}
 
-    def candidates(self, gt_xyxy: Tensor, priors: Priors) -> Tensor:
-        return (centre_cells(gt_xyxy, priors) == priors.grid_xy[None]).all(-1)
+    def pair_width(self, priors: Priors) -> int:
+        return len(priors.level_hw) * priors.num_anchors  # one cell per level
+
+    def candidates(self, boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
+        return level_candidates(boxes, priors, self._cells)
+
+    @staticmethod
+    def _cells(boxes: Tensor, level: Level) -> tuple[Tensor, None]:
+        """[B, G, 1, 2]: the centre cell (always on the map: clamped)."""
+        return centre_cell(boxes, level)[:, :, None], None

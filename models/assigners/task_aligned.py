@@ -10,9 +10,10 @@ towards that GT's best achieved IoU.
 
 Kept quirks of the reference: top-k may pick candidates whose t is 0 (they become positives
 with a soft score of 0), and the conflict argmax may hand an anchor to a GT that did not
-select it. Masks run on a [B, Gmax, P] layout (GTs padded per image), without loops; CIoU and the
-alignment are computed at the candidate pairs only (and, for contested anchors, against every GT
-of the image), which gives the dense formulation's result at a fraction of its cost.
+select it. Everything runs on a [B, G, P] layout (GTs padded per image), without loops and without
+host-device syncs: the top-k of a GT ranks all of its row (zeros outside the box included, the quirk
+above), and a contested anchor looks at every GT of the image, so the CIoU and the alignment are
+computed for every pair, and the per-anchor and per-GT decisions are gathers and scatter reductions.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from models.assigners.base import Assigner, AssignResult, Predictions, centres_inside, empty_result, pad_per_image
+from models.assigners.base import Assigner, AssignResult, PaddedGTs, Predictions, centres_inside, result_of_winners
 from models.priors import Priors
-from utils.boxes import bbox_iou
+from utils.boxes import bbox_iou, coordinate_planes
 
 EPS = 1e-9  # keeps the soft-score ratio finite when a GT's best alignment is 0
 
@@ -42,76 +43,62 @@ class TaskAlignedOptions:
 
 
 class TaskAlignedAssigner(Assigner):
-    """assign(targets, priors, Predictions(boxes [B, P, 4] xyxy px, scores [B, P, nc]))."""
+    """assign(targets, priors, Predictions(boxes [B, P, 4] xyxy px, scores [B, P, nc]), max_gt)."""
 
     Options = TaskAlignedOptions
     coders = {"dfl": "distance"}
     uses_predictions = True
 
-    @torch.no_grad()
-    def assign(self, targets: Tensor, priors: Priors, preds: Predictions) -> AssignResult:
-        pred_boxes, pred_scores = preds.boxes.float(), preds.scores.float()
-        nc, batch_size = pred_scores.shape[-1], preds.batch_size
-        device, num_p = targets.device, len(priors)
-        result = empty_result(batch_size, num_p, device)
-        gt_rows = torch.nonzero(targets[:, 1] >= 0).squeeze(1)  # ignore regions are not GTs
-        if gt_rows.numel() == 0 or num_p == 0:
-            return result
-        labels = targets[gt_rows, 1].long()
-        if int(labels.max()) >= nc:
-            raise ValueError(f"target class {int(labels.max())} is out of range for {nc} classes")
-        rows, boxes, labels, valid = pad_per_image(targets, gt_rows, batch_size)  # [B, G, ...]
-        in_gt = centres_inside(priors, boxes, valid)  # candidates: anchor points strictly inside the GT
-
-        # Alignment t at the candidates only (a small share of the [B, G, P] pairs); 0 elsewhere.
-        b, g, p = torch.nonzero(in_gt, as_tuple=True)
-        u = bbox_iou(boxes[b, g], pred_boxes[b, p], "ciou").clamp(min=0)
-        t = self._align(pred_scores[b, p, labels[b, g]], u)
-        align = torch.zeros(in_gt.shape, dtype=torch.float32, device=device)
-        align[b, g, p] = t
-
-        k = min(self.opt.topk, num_p)
-        in_topk = torch.zeros_like(in_gt).scatter_(-1, align.topk(k, dim=-1).indices, True)
-        pos = in_topk & in_gt  # [B, G, P]; in_gt already excludes padding GTs
-        b, g, p = torch.nonzero(pos, as_tuple=True)  # the positives, as (image, GT, anchor) triples
-        u, t = u[pos[in_gt]], align[b, g, p]
-
-        # Conflicts: an anchor taken by several GTs goes to the GT its prediction overlaps most, among
-        # all GTs of the image (padding never wins): CIoU against every GT, for those anchors only.
-        takers = torch.zeros(batch_size, num_p, dtype=torch.long, device=device).index_put_(
-            (b, p), torch.ones_like(b), accumulate=True)
-        contested = takers[b, p] > 1
-        if contested.any():
-            cb, cp = torch.nonzero(takers > 1, as_tuple=True)
-            column = bbox_iou(boxes[cb], pred_boxes[cb, cp][:, None], "ciou").clamp(min=0) * valid[cb]
-            cg = column.masked_fill(~valid[cb], -1.0).argmax(1)  # [C]
-            cu = column.gather(1, cg[:, None]).squeeze(1)
-            ct = self._align(pred_scores[cb, cp, labels[cb, cg]], cu)
-            keep = ~contested
-            b, g, p = torch.cat((b[keep], cb)), torch.cat((g[keep], cg)), torch.cat((p[keep], cp))
-            u, t = torch.cat((u[keep], cu)), torch.cat((t[keep], ct))
+    def assign_padded(self, gts: PaddedGTs, priors: Priors, preds: Predictions) -> AssignResult:
+        rows, boxes, labels, valid = gts
+        pred_boxes, pred_scores = coordinate_planes(preds.boxes.float()), preds.scores.float()
+        batch_size, device = preds.batch_size, boxes.device
+        overlap, align, top, pos = self._top_aligned(priors, boxes, labels, valid, pred_boxes, pred_scores)
+        g = self._owners(overlap, top, pos, valid)  # [B, P] GT slot of each anchor, -1 on background
+        fg, at_g = g >= 0, g.clamp(min=0)[:, None]
+        u, t = overlap.gather(1, at_g).squeeze(1), align.gather(1, at_g).squeeze(1)  # [B, P]
 
         # Soft score: t scaled so each GT's best-aligned anchor gets that GT's best overlap.
-        gt_flat = b * in_gt.shape[1] + g
-        zeros = torch.zeros(in_gt.shape[0] * in_gt.shape[1], dtype=torch.float32, device=device)
-        max_t = zeros.scatter_reduce(0, gt_flat, t, "amax")
-        max_u = zeros.scatter_reduce(0, gt_flat, u, "amax")
-        soft_pos = t * max_u[gt_flat] / (max_t[gt_flat] + EPS)
+        num_g = boxes.shape[1]
+        gt_flat = torch.where(fg, torch.arange(batch_size, device=device)[:, None] * num_g + g, batch_size * num_g)
+        zeros = torch.zeros(batch_size * num_g + 1, dtype=torch.float32, device=device)  # the last: background
+        max_t = zeros.scatter_reduce(0, gt_flat.view(-1), t.view(-1), "amax")[gt_flat]
+        max_u = zeros.scatter_reduce(0, gt_flat.view(-1), u.view(-1), "amax")[gt_flat]
 
-        fg = torch.zeros(batch_size, num_p, dtype=torch.bool, device=device)
-        fg[b, p] = True
-        gt_idx = torch.zeros(batch_size, num_p, dtype=torch.long, device=device)
-        gt_idx[b, p] = g  # the one GT of each positive anchor (0 on background)
-        soft = torch.zeros(batch_size, num_p, dtype=torch.float32, device=device)
-        soft[b, p] = soft_pos
-
-        result.fg_mask = fg
-        result.gt_index = torch.where(fg, rows.gather(1, gt_idx), -1)
-        result.target_boxes = boxes.gather(1, gt_idx[..., None].expand(-1, -1, 4)) * fg[..., None]
-        result.target_labels = torch.where(fg, labels.gather(1, gt_idx), -1)
-        result.target_scores = soft
+        result = result_of_winners(rows, boxes, labels, g)
+        result.target_scores = torch.where(fg, t * max_u / (max_t + EPS), 0.0)
         return result
 
+    def _top_aligned(self, priors: Priors, boxes: Tensor, labels: Tensor, valid: Tensor, pred_boxes: Tensor,
+                     pred_scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Overlap u [B, G, P] (CIoU clamped at 0) and alignment t [B, G, P] of every (GT, anchor) pair, and
+        each GT's top-k anchors by t inside its box (0 elsewhere): indices [B, G, k] and whether each is
+        a positive [B, G, k] (the anchor lies inside the box; never for a padding GT)."""
+        in_gt = centres_inside(priors, boxes, valid)  # candidates: anchor points strictly inside the GT
+        overlap = bbox_iou(boxes[:, :, None], pred_boxes[:, None], "ciou").clamp_(min=0)
+        column = labels[:, :, None].expand(-1, -1, pred_scores.shape[1])  # the GT's class at every anchor
+        align = self._align(pred_scores.transpose(1, 2).gather(1, column), overlap)
+        top = align.where(in_gt, 0.0).topk(min(self.opt.topk, pred_scores.shape[1]), dim=-1).indices
+        return overlap, align, top, in_gt.gather(-1, top)
+
+    @staticmethod
+    def _owners(overlap: Tensor, top: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
+        """[B, P] long: the GT slot each anchor trains for (-1: none). An anchor positive for one GT keeps
+        it; one positive for several goes to the GT of the image its prediction overlaps most (the first
+        on ties; padding never wins). Works on the positives' list (top, pos [B, G, k]) alone."""
+        b, num_g, k = top.shape
+        num_p = overlap.shape[-1]
+        dest = torch.where(pos, top, num_p).view(b, -1)  # [B, G * k]; the extra column collects the rest
+        takers = torch.zeros(b, num_p + 1, dtype=torch.long, device=top.device).scatter_add_(
+            1, dest, torch.ones_like(dest))
+        # every GT's overlap with the prediction at each listed anchor: [B, G', G * k]
+        columns = overlap.gather(2, top.view(b, 1, -1).expand(-1, num_g, -1))
+        closest = columns.masked_fill_(~valid[..., None], -1.0).argmax(1)  # [B, G * k]
+        own = torch.arange(num_g, device=top.device)[:, None].expand(-1, k).reshape(1, -1)
+        g = torch.where(takers.gather(1, dest) > 1, closest, own)
+        return torch.full((b, num_p + 1), -1, dtype=torch.long, device=top.device).scatter_reduce_(
+            1, dest, g, "amax")[:, :num_p]
+
     def _align(self, cls_score: Tensor, overlap: Tensor) -> Tensor:
-        """Task alignment t = s^alpha * u^beta (element-wise)."""
-        return cls_score.pow(self.opt.alpha) * overlap.pow(self.opt.beta)
+        """Task alignment t = s^alpha * u^beta (element-wise), written into ``cls_score`` (a fresh tensor)."""
+        return cls_score.pow_(self.opt.alpha).mul_(overlap.pow(self.opt.beta))

@@ -16,7 +16,8 @@ plus aux_weight times the auxiliary branch's when the model returns (main_raw, a
 
 The reference multiplies the total by the per-GPU batch size; this loss does not, because
 the trainer's learning rate is tuned for a per-batch mean: that factor is absorbed into the
-learning rate. Runs in fp32 even under AMP.
+learning rate. Runs in fp32 even under AMP. Nothing waits for the device: the box and DFL terms are
+sums over every anchor weighted by w (0 on background), never ``x[fg]``.
 """
 from __future__ import annotations
 
@@ -30,8 +31,11 @@ from utils.boxes import bbox_iou
 
 
 class V9Loss:
-    """__call__(raw [B, P, 4 * reg_max + nc] or (main_raw, aux_raw), targets [N, 6], priors)
+    """__call__(raw [B, P, 4 * reg_max + nc] or (main_raw, aux_raw), targets [N, 6], priors, max_gt=None)
     -> (total, {"box", "cls", "dfl"} of the main branch [+ "aux": the aux branch's weighted total]).
+
+    max_gt: a host-side bound on the target rows of any one image, passed to the assigner (see
+    ``Assigner.assign``); with it the loss never waits for the device.
     """
 
     def __init__(self, loss_cfg, assigner: Assigner, coder, num_classes: int) -> None:
@@ -40,13 +44,14 @@ class V9Loss:
         self.coder = coder
         self.num_classes = num_classes
 
-    def __call__(self, raw: Tensor | tuple, targets: Tensor, priors: Priors) -> tuple[Tensor, dict]:
+    def __call__(self, raw: Tensor | tuple, targets: Tensor, priors: Priors, max_gt: int | None = None
+                 ) -> tuple[Tensor, dict]:
         main, aux = (raw[0], raw[1]) if isinstance(raw, (tuple, list)) else (raw, None)
-        box, cls, dfl = self._branch(main.float(), targets, priors)
+        box, cls, dfl = self._branch(main.float(), targets, priors, max_gt)
         total = self._weighted(box, cls, dfl)
         parts = {"box": box.detach(), "cls": cls.detach(), "dfl": dfl.detach()}
         if aux is not None:
-            aux_total = self._weighted(*self._branch(aux.float(), targets, priors))
+            aux_total = self._weighted(*self._branch(aux.float(), targets, priors, max_gt))
             total = total + self.cfg.aux_weight * aux_total
             parts["aux"] = aux_total.detach()
         return total, parts
@@ -55,31 +60,31 @@ class V9Loss:
         c = self.cfg
         return c.box_weight * box + c.cls_weight * cls + c.dfl_weight * dfl
 
-    def _branch(self, raw: Tensor, targets: Tensor, priors: Priors) -> tuple[Tensor, Tensor, Tensor]:
+    def _branch(self, raw: Tensor, targets: Tensor, priors: Priors, max_gt: int | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
         """Unweighted (box, cls, dfl) of one branch, each already divided by its S."""
         boxes = self.coder.decode_boxes(raw, priors)  # [B, P, 4] pixels
         cls_logits = self.coder.class_logits(raw)  # [B, P, nc]
-        res = self.assigner.assign(targets, priors, Predictions(boxes.detach(), cls_logits.detach().sigmoid()))
-        fg, w = res.fg_mask, res.target_scores  # w is 0 on background
+        res = self.assigner.assign(targets, priors, Predictions(boxes.detach(), cls_logits.detach().sigmoid()),
+                                   max_gt=max_gt)
+        w = res.target_scores  # [B, P], 0 on background
         norm = w.sum().clamp(min=1.0)
 
-        cls_t = F.one_hot(res.target_labels.clamp(min=0), self.num_classes).to(raw.dtype) * w[..., None]
+        cls_t = torch.zeros_like(cls_logits).scatter_(-1, res.target_labels.clamp(min=0)[..., None], w[..., None])
         loss_cls = F.binary_cross_entropy_with_logits(cls_logits, cls_t, reduction="sum") / norm
 
-        w_fg = w[fg]
-        stride = priors.stride[None].expand_as(fg)[fg][:, None]  # [F, 1]
-        iou = bbox_iou(boxes[fg] / stride, res.target_boxes[fg] / stride, self.cfg.box)
-        loss_box = ((1.0 - iou) * w_fg).sum() / norm
+        stride = priors.stride[:, None]  # [P, 1]
+        iou = bbox_iou(boxes / stride, res.target_boxes / stride, self.cfg.box)  # [B, P]
+        loss_box = ((1.0 - iou) * w).sum() / norm
 
-        centres = priors.centers[None].expand(fg.shape[0], -1, -1)[fg]  # [F, 2]
-        gt = res.target_boxes[fg]
-        dist = torch.cat((centres - gt[:, :2], gt[:, 2:] - centres), -1) / stride  # [F, 4] ltrb
-        per_anchor = self._dfl(self.coder.bin_logits(raw)[fg], dist).mean(-1)
-        loss_dfl = (per_anchor * w_fg).sum() / norm
+        centres, gt = priors.centers, res.target_boxes
+        dist = torch.cat((centres - gt[..., :2], gt[..., 2:] - centres), -1) / stride  # [B, P, 4] ltrb
+        per_anchor = self._dfl(self.coder.bin_logits(raw), dist).mean(-1)
+        loss_dfl = (per_anchor * w).sum() / norm
         return loss_box, loss_cls, loss_dfl
 
     def _dfl(self, bin_logits: Tensor, dist: Tensor) -> Tensor:
-        """bin_logits [F, 4, R], dist [F, 4] stride units -> [F, 4] two-bin cross entropy."""
+        """bin_logits [..., 4, R], dist [..., 4] stride units -> [..., 4] two-bin cross entropy."""
         reg_max = bin_logits.shape[-1]
         d = dist.clamp(0, reg_max - 1 - 0.01)
         left = d.floor().long()
