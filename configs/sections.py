@@ -159,6 +159,9 @@ class TrainCfg:
     save_top_k: int = 0  # also keep the K best epochs as epoch<E>_<monitor>_<value>.pth (0 = none)
     num_threads: int = 0  # torch intra-op CPU threads per rank (0 = cores / local world size)
     channels_last: bool = True  # NHWC memory format for the model and inputs (faster convs on CPU and with AMP)
+    sync_bn: bool = False  # BatchNorm statistics over the whole global batch under DDP (SyncBatchNorm; CUDA only): for a few images per GPU
+    cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for the input shapes and keep the fastest (fixed shapes; not with train.deterministic)
+    compile: bool = False  # torch.compile the training forward (first steps compile for minutes; see README for its effect)
     wandb: bool = False  # also log the scalars to Weights & Biases (needs `pip install wandb`)
     wandb_project: str = "yolo"  # W&B project name
     wandb_mode: str = "offline"  # offline: files under <run dir>/wandb, upload later with `wandb sync`; online: needs login and network

@@ -49,6 +49,9 @@ def validate_config(cfg: Any) -> None:
     if ms and (len(ms) != 2 or not 0 < ms[0] <= ms[1] or math.ceil(ms[0] / stride) * stride > ms[1]):
         raise ConfigError(f"train.multi_scale={ms} must be [min, max] input sides (pixels) holding a multiple of "
                           f"the largest stride {stride}, or [] (off)")
+    if cfg.train.cudnn_benchmark and cfg.train.deterministic:
+        raise ConfigError("train.cudnn_benchmark=True picks convolution algorithms by timing them, which "
+                          "train.deterministic=True rules out: set one of them to False")
     if not 0.0 < cfg.model.channel_sparsity <= 4.0:
         raise ConfigError(f"model.channel_sparsity={cfg.model.channel_sparsity} must be in (0, 4]")
     if not isinstance(cfg.assign.options, dict) or any(not isinstance(k, str) for k in cfg.assign.options):

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import COLOURS, TINY_ENV, pick, tiny_mode, write_voc_dataset
+from benchmarks.common import COLOURS, TINY_ENV, write_voc_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # a tiny run takes 3-30 s on a quiet 2-core machine
 # Two lanes, one per core, each run in order: rect_eval and export score the checkpoint bccd trains.
-LANES = (("bccd", "rect_eval", "export"), ("scale", "train_speed", "memory", "dataloader", "model_info", "eval_speed"))
+LANES = (("bccd", "rect_eval", "export", "assigner_memory", "step_syncs"),
+         ("gpu", "scale", "train_speed", "memory", "dataloader", "model_info", "eval_speed"))
 
 
 def bench_args(script: str, tmp: Path) -> list[str]:
@@ -45,10 +46,12 @@ def bench_args(script: str, tmp: Path) -> list[str]:
         "export": [ckpt, "--out", str(tmp / "export"), cache],
         "rect_eval": [ckpt, "eval.rect_pad=0.0", cache],
         "scale": ["--dir", str(tmp / "scale")],
-        "train_speed": ["v9-t", cache],
+        "train_speed": ["v9-t", "--baseline", str(REPO), cache],  # this checkout against itself
         "dataloader": ["--baseline", str(REPO), "--train-epoch"],  # this checkout against itself
         "eval_speed": [cache],
         "memory": [cache],
+        "assigner_memory": ["--baseline", str(REPO)],  # this checkout against itself
+        "step_syncs": ["--baseline", str(REPO)],  # this checkout against itself
     }.get(script, [])
 
 
@@ -134,39 +137,6 @@ def finite(*values) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
-# -- the switch itself (in-process, fast) ----------------------------------------------------------
-def test_tiny_mode_takes_the_flag_or_the_environment(monkeypatch):
-    monkeypatch.delenv(TINY_ENV, raising=False)
-    argv = ["v9-t", "a.b=1"]
-    assert not tiny_mode(argv) and argv == ["v9-t", "a.b=1"] and TINY_ENV not in os.environ
-    argv = ["v9-t", "--tiny", "a.b=1"]
-    assert tiny_mode(argv) and argv == ["v9-t", "a.b=1"]  # the flag never reaches argparse or the overrides
-    assert os.environ[TINY_ENV] == "1"  # so child processes (scale.py's stages) run tiny too
-    assert tiny_mode([]) and pick(True, 640, 64) == 64 and pick(False, 640, 64) == 640
-    monkeypatch.setenv(TINY_ENV, "0")
-    assert not tiny_mode([])
-
-
-def test_without_the_switch_the_full_protocols_are_unchanged(monkeypatch):
-    """The published figures were measured with these settings (copied from the scripts as they were)."""
-    monkeypatch.delenv(TINY_ENV, raising=False)
-    from benchmarks import bccd, dataloader, eval_speed, export, memory, model_info, rect_eval, scale, train_speed
-    assert train_speed.PROTOCOL == ["data.img_size=416", "train.batch_size=16", "train.epochs=1"]
-    assert (train_speed.WARMUP, train_speed.STEPS, train_speed.ROUNDS) == (2, 6, 2)
-    assert bccd.PROTOCOL == ["data.img_size=416", "train.epochs=40", "train.batch_size=16", "model.pretrained=''",
-                             "data.train_sets=['train']", "data.val_sets=['val']", "train.eval_interval=10"]
-    assert dataloader.Protocol() == dataloader.Protocol(size=640, batch=16, rounds=3, fraction=1.0)
-    assert memory.EPOCHS == 20 and memory.IMAGES == (16, 4) and "train.epochs=20" in memory.PROTOCOL
-    assert model_info.IMG_SIZE == 640 and len(model_info.SPEC) == 12  # v9-t/s/m/c/e, rd-9c, v7, gelan-t/s/m/c/e
-    assert eval_speed.BACKENDS == ("faster_coco_eval", "pycocotools")
-    assert export.FORMATS == ["onnx", "tflite_fp32", "tflite_fp16", "tflite_int8"]
-    assert rect_eval.KEYS[0] == "mAP"
-    a = scale.parse_args([], tiny=False)
-    assert (a.train_images, a.val_images, a.dets_per_image, a.seconds, a.workers) == (118_287, 5_000, 300, 180.0, 2)
-    assert Path(a.dir) == REPO / "runs" / "scale" and not a.tiny  # tiny runs never touch the full set's folder
-    assert Path(scale.parse_args([], tiny=True).dir) == REPO / "runs" / "scale_tiny"
-
-
 # -- the benchmarks ----------------------------------------------------------------------------
 @reads("bccd")
 def test_bccd_scores_with_both_backends_alike(runs):
@@ -233,12 +203,16 @@ def test_export_runtimes_score_as_pytorch(runs):
 @reads("train_speed")
 def test_train_speed_times_the_trainer_step(runs):
     result, out = runs.result("train_speed")
-    assert set(result) == {"full_img_per_s", "bare_img_per_s", "ratio"}
+    assert set(result) == {"full_img_per_s", "bare_img_per_s", "ratio", "runs"}
     full, bare = result["full_img_per_s"], result["bare_img_per_s"]
     assert finite(full, bare) and full > 0 and bare > 0
     assert result["ratio"] == pytest.approx(full / bare, rel=0.01, abs=1e-3)
-    assert "v9-t at 64 px, batch 2, 1 threads" in out  # --tiny sizes, one thread
-    assert out.count("round ") == 1  # --tiny: one round
+    assert set(result["runs"]) == {"this code/1", "baseline/1"}  # --baseline: the same figures for the other code
+    assert {k: result[k] for k in ("full_img_per_s", "bare_img_per_s", "ratio")} == result["runs"]["this code/1"]
+    row = re.search(r"^baseline, 1 threads\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert float(row[1]) == pytest.approx(result["runs"]["baseline/1"]["full_img_per_s"], abs=0.006)
+    assert "v9-t at 64 px, batch 2" in out  # --tiny sizes
+    assert out.count("round ") == 2  # --tiny: one round, this code then the baseline, one thread
 
 
 @reads("dataloader")
@@ -342,3 +316,59 @@ def test_scale_stages_run_tiny_and_records_stay_compact(runs):
     assert result["first_batch_s"] > 0 and result["eval_5k_s"] > 0 and result["eval_5k_peak_rss_mb"] > 50
     # the stages are child processes: BENCH_TINY (set by --tiny) gave them the tiny defaults too
     assert "evaluation: 8 images" in out and "160 random detections" in out  # 8 val images x 20 detections
+
+
+@reads("assigner_memory")
+def test_assigner_memory_measures_every_method_on_every_head(runs):
+    from models.assigners import ASSIGNERS
+    result, out = runs.result("assigner_memory")
+    cases = {f"{m}/{head}" for m, cls in ASSIGNERS.items() for head in cls.coders}
+    assert (result["batch"], result["img_size"], result["gts"]) == (2, 128, [2, 5, 12])  # --tiny sizes
+    assert result["priors"] == {"anchor": 3 * (16 ** 2 + 8 ** 2 + 4 ** 2), "dfl": 16 ** 2 + 8 ** 2 + 4 ** 2}
+    for key in ("peak_mib", "ms", "baseline_peak_mib", "baseline_ms"):
+        assert set(result[key]) == cases and all(set(v) == {"2", "5", "12"} for v in result[key].values())
+    for case, peaks in result["peak_mib"].items():
+        assert all(finite(peaks[n], result["ms"][case][n]) and peaks[n] > 0 for n in peaks)
+        # live bytes are deterministic: this checkout against itself measures the same peaks
+        assert peaks == result["baseline_peak_mib"][case]
+        row = re.search(rf"^{case}\s+12\s+([\d.]+)\s", out, re.M)  # the table shows the same figure
+        assert float(row[1]) == pytest.approx(peaks["12"], abs=0.051)
+    for n, worst in result["worst_peak_mib"].items():
+        assert worst == max(v[n] for v in result["peak_mib"].values()) == result["baseline_worst_peak_mib"][n]
+
+
+@reads("step_syncs")
+def test_step_syncs_counts_the_budget(runs):
+    """Tiny: v9-t/task_aligned and yolo/nearby_grid, against this checkout itself: no sync in a
+    micro-batch, one per optimizer step, one all-reduce per optimizer step and nothing else."""
+    result, out = runs.result("step_syncs")
+    assert set(result) == {"v9-t/task_aligned", "yolo/nearby_grid"}
+    for case, row in result.items():
+        mine = {k: row[k] for k in ("syncs_per_iter", "syncs_micro", "syncs_opt", "collectives_per_opt_step")}
+        assert mine == {"syncs_per_iter": 0.5, "syncs_micro": 0, "syncs_opt": 1, "collectives_per_opt_step": 1.0}, case
+        assert row["collective_kinds"] == ["all_reduce"] and row["baseline"] == {k: v for k, v in row.items()
+                                                                                 if k != "baseline"}
+        line = re.search(rf"^{re.escape(case)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+        assert [float(v) for v in line.groups()] == [0.5, 0.5, 1.0, 1.0]
+
+
+@reads("gpu")
+def test_gpu_script_runs_every_section_on_the_cpu(runs):
+    result, out = runs.result("gpu")
+    assert result["tiny"] is True and result["versions"]["cuda"] is None and result["versions"]["gpus"] == []
+    steps = result["train_steps"]
+    assert set(steps) == {"v9-t fp16", "v9-t bf16", "r18 fp16"}
+    assert all(v["img_per_s"] > 0 and v["sync_warnings"] == 0 for v in steps.values())
+    # 2 steps, each an optimizer step reading its flags once; nothing else reads the device
+    assert all(v["syncs_per_step"] == 1.0 for v in steps.values()), steps
+    from models.assigners import ASSIGNERS
+    assert set(result["assigner_memory"]) == {f"{m}/{h}/G20" for m, c in ASSIGNERS.items() for h in c.coders}
+    assert set(result["throughput"]) == {"cudnn_benchmark off", "cudnn_benchmark on"}  # tiny: no compile
+    nms = result["nms"]
+    assert nms["boxes"] == 300 and 0 < nms["fallback_kept"] <= 300
+    tr = result["torchrun"]
+    assert tr["epochs"] == 2 and tr["processes"] == 1 and set(tr["mAP"]) == {"fp32", "fp16", "bf16"}
+    assert tr["mAP_spread"] <= 0.005 and tr["mAP"]["fp32"] == tr["mAP"]["fp16"]  # CPU autocast fp16 runs fp32
+    multi = result["multi_process"]
+    assert multi["processes"] == 2 and multi["ddp_val_equal"] is True
+    assert "SIGTERM stopped 2 ranks" in out

@@ -80,8 +80,10 @@ def init_distributed(timeout_s: float = 1800) -> DistInfo:
     else:
         device = torch.device("cpu")
     if not is_dist():
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        # device_id binds the NCCL communicator to this rank's GPU at once (no guess from the
+        # current device, no lazy creation inside the first collective)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), device_id=device if cuda else None)
     logger.debug(f"rank {rank}/{world_size} joined ({backend}, {device})")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
@@ -182,11 +184,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
     """``model`` in DistributedDataParallel under torchrun (the one DDP wrap of a run; wrap again
-    when the set of trainable parameters changes), the model itself in a single process."""
+    when the set of trainable parameters changes), the model itself in a single process.
+
+    ``broadcast_buffers=False``: DDP would otherwise broadcast rank 0's buffers (BatchNorm statistics)
+    before every forward, a collective per iteration that changes nothing saved: the checkpoints
+    hold rank 0's buffers, and validation scores rank 0's (``broadcast_buffers`` below, once per
+    validation). ``gradient_as_bucket_view``: the gradients are views of DDP's all-reduce buckets,
+    one copy fewer per step and one gradient-sized buffer less memory.
+    """
     if info.world_size == 1:
         return model
     devices = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(unwrap(model), device_ids=devices)
+    return nn.parallel.DistributedDataParallel(unwrap(model), device_ids=devices, broadcast_buffers=False,
+                                               gradient_as_bucket_view=True)
 
 
 def set_cpu_threads(num_threads: int = 0) -> int:

@@ -1,7 +1,14 @@
-"""Class-aware NMS without torchvision (used when torchvision is absent)."""
+"""Class-aware NMS: torchvision's whenever it imports, else a pure-PyTorch one.
+
+torchvision is never required. Its NMS is one fused kernel; the fallback here builds the [K, K] IoU
+matrix of an image's candidates (3000 x 3000 at the usual cap) and reads the device once per round
+of its fixed-point loop. The first call of a process logs which one runs; the fallback on a CUDA
+device also warns, once, that installing a torchvision matching torch makes it faster.
+"""
 from __future__ import annotations
 
 import torch
+from loguru import logger
 from torch import Tensor
 
 from utils.boxes import box_iou
@@ -10,6 +17,24 @@ try:  # optional fast path; torchvision is never required
     from torchvision.ops import batched_nms as _tv_batched_nms
 except Exception:  # noqa: BLE001 - any import failure (missing, ABI mismatch) means "not available"
     _tv_batched_nms = None
+
+_announced: set[str] = set()  # device types whose NMS choice was logged in this process
+
+
+def nms_backend() -> str:
+    """The NMS that ``batched_nms`` runs in this process."""
+    return "torchvision.ops.batched_nms" if _tv_batched_nms is not None else "utils.nms (pure PyTorch)"
+
+
+def _announce(device: torch.device) -> None:
+    if device.type in _announced:
+        return
+    _announced.add(device.type)
+    logger.info(f"NMS: {nms_backend()} on {device.type}")
+    if _tv_batched_nms is None and device.type == "cuda":
+        logger.warning("NMS falls back to the pure-PyTorch version on CUDA (torchvision does not import): "
+                       "a [K, K] IoU matrix per image and a host sync per round; install the torchvision "
+                       "built for this torch for its fused kernel")
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_thres: float) -> Tensor:
@@ -41,6 +66,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thres: float)
     # decoded boxes may reach past the image: shift by the lowest coordinate when it is negative (a
     # shift changes no IoU; no host sync, boxes at >= 0 stay as they are).
     boxes = boxes - boxes.min().clamp(max=0)
+    _announce(boxes.device)
     if _tv_batched_nms is not None:
         return _tv_batched_nms(boxes, scores, labels, iou_thres)
     offset = labels.to(boxes) * (boxes.max() + 1)

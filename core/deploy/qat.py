@@ -26,7 +26,7 @@ from core.deploy.quant import calibrate, freeze_bn, prepare_qat, qat_summary, se
 from core.deploy.wire import MissingDependencyError
 from core.evaluation.evaluator import Evaluator
 from core.loaders import build_eval_loader, build_train_loader
-from core.train.step import TrainStep
+from core.train.step import TrainStep, read_floats
 from core.weights import load_weights
 from datasets import resolve_class_names
 from datasets.dataset import to_input
@@ -135,14 +135,14 @@ class QatFineTuner:
         self.model.train()
         self.train_sampler.set_epoch(epoch)
         self.train_loader.dataset.set_epoch(epoch)
-        sums: dict[str, float] = {}
+        sums: dict = {}  # device tensors: read once at the epoch's end
         n = max(1, len(self.train_loader))
         bar = tqdm(self.train_loader, desc=f"qat {epoch + 1}/{self.cfg.qat.epochs}",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
         for i, (images, targets, _) in enumerate(bar):
             for k, v in self.stepper(images, targets, flush=i == n - 1).items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: round(v / n, 4) for k, v in sums.items()}
+                sums[k] = sums.get(k, 0.0) + v.double()
+        return {k: round(v / n, 4) for k, v in read_floats(sums).items()}
 
     def evaluate(self, epoch: int) -> None:
         """Float and fake-quant mAP of the evaluated weights (EMA when on); keeps the best."""

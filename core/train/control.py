@@ -1,8 +1,10 @@
 """Stop requests and in-epoch saves, decided by all ranks together.
 
 A stop request (SIGTERM / SIGINT, set from a signal handler) and rank 0's save interval
-(``train.save_interval_min``) travel in one all-reduce per step, so every rank stops, or saves, at
-the same step: a rank deciding alone would leave the others waiting in a collective forever.
+(``train.save_interval_min``) travel in the training step's one all-reduce per optimizer step
+(``local`` gives this rank's flags to it), so every rank stops, or saves, at the same step: a rank
+deciding alone would leave the others waiting in a collective forever. Between epochs
+``stop_agreed`` asks the ranks with its own all-reduce.
 """
 from __future__ import annotations
 
@@ -23,21 +25,19 @@ class RunControl:
 
     def request(self, signum: int) -> None:
         """Signal-safe: only sets a flag (a handler that logged could interrupt a log call in
-        progress); ``poll`` says it at the step's end."""
+        progress); the trainer says it once the ranks agreed."""
         self.signal = signum
 
-    def poll(self) -> tuple[bool, bool]:
-        """(stop, save due) agreed over the ranks: any rank asked to stop; rank 0's last.pth is older
-        than the save interval. A collective: every rank calls it at the same point."""
+    def local(self) -> tuple[bool, bool]:
+        """(stop requested, save due) on this rank alone, no collective: the training step agrees them
+        over the ranks at its next optimizer step (core/train/step.py, ``TrainStep.flags``), in the
+        all-reduce it does anyway. Rank 0's clock decides the save."""
         minutes = self.save_interval_min
         due = self.dist.is_main and minutes > 0 and time.monotonic() - self._saved_at >= 60 * minutes
-        stop, save = any_rank(self.signal is not None, due, device=self.dist.device)
-        if stop:
-            self.announce()
-        return stop, save
+        return self.signal is not None, due
 
     def stop_agreed(self) -> bool:
-        """Whether any rank was asked to stop (a collective, as ``poll``)."""
+        """Whether any rank was asked to stop (an all-reduce: every rank calls it at the same point)."""
         stop = any_rank(self.signal is not None, device=self.dist.device)[0]
         if stop:
             self.announce()

@@ -9,7 +9,8 @@ Survival: a stop request (SIGTERM/SIGINT, wired in core/tasks.py) ends the run a
 optimizer-step boundary with last.pth holding the mid-epoch position and the RNG state of every
 rank; a resume continues exactly there. Every ``train.save_interval_min`` minutes last.pth is
 also written inside the epoch, so a SIGKILL or a lost node costs at most that much training.
-All ranks take every decision together (one all-reduce per step), so DDP never waits forever.
+All ranks take every decision together (one all-reduce per optimizer step, core/train/step.py), so
+DDP never waits forever.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from core.checks import validate
+from core.checks import check_device_options, validate
 from core.evaluation.evaluator import Evaluator
 from core.loaders import build_eval_loader, build_train_loader
 from core.train.anchors import resolve_anchors
@@ -38,7 +39,7 @@ from core.train.state import (
     rank_rng,
     transfer_weights,
 )
-from core.train.step import TrainStep
+from core.train.step import TrainStep, read_floats
 from datasets import resolve_class_names
 from models import build_loss, build_model
 from utils.checkpoint import remove_stale_tmp, save_checkpoint
@@ -68,6 +69,8 @@ class Trainer:
             write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
         self.report = RunReport(cfg, dist, self.run_dir)  # logs, TensorBoard (W&B), run_info.json
         seed_everything(t.seed, dist.rank, t.deterministic)
+        check_device_options(cfg, self.device)
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)  # validated: never with train.deterministic
         resolve_class_names(cfg)  # before the model: the class count comes from the data
         validate(cfg)  # again: the class names found in the data are part of the config now
         self.train_loader, self.train_sampler = build_train_loader(cfg, dist)
@@ -80,6 +83,8 @@ class Trainer:
             transfer_weights(self.model, t.init_weights, cfg.model.name)
         memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
+        if t.sync_bn and dist.world_size > 1:  # before the optimizer, EMA and DDP see the modules
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if dist.is_main:
             self.model_size = {"parameters": count_params(self.model), "gflops": gflops(self.model, cfg.data.img_size)}
             logger.info(model_summary(self.model, cfg.data.img_size, self.model_size["gflops"]))
@@ -98,7 +103,9 @@ class Trainer:
         # The position: epochs done and batches of the current epoch done (iterations: stepper.step).
         self.epoch, self.epoch_iter, self._epoch_sums = 0, 0, {}
         self.control = RunControl(dist, t.save_interval_min)  # stop requests and in-epoch saves
+        self.stepper.host_flags = self.control.local  # agreed in the step's one all-reduce
         self.interrupted = False  # fit ended on a stop request; last.pth holds the position
+        self._wrapped = False  # the step's forward module was made (DDP, compile) for this training
         self._pending_rng: dict | None = None  # RNG state to restore when the next batches start
         self.last_metrics: dict = {}
         self.train_seconds, self.train_images = 0.0, 0  # this process's training throughput
@@ -144,8 +151,8 @@ class Trainer:
                     f"world size {self.dist.world_size}, device {self.device}, run dir {self.run_dir}")
         while self.epoch < cfg.train.epochs:
             t0 = time.time()
-            if self.freeze.set_epoch(self.epoch) or self.stepper.ddp_model is self.model:
-                self.stepper.ddp_model = wrap_ddp(self.model, self.dist)  # DDP registers the trainable tensors
+            if self.freeze.set_epoch(self.epoch) or not self._wrapped:
+                self.stepper.ddp_model = self._wrap()  # DDP registers the trainable tensors
             losses = self.train_one_epoch(self.epoch)
             if self.interrupted:
                 break
@@ -172,6 +179,13 @@ class Trainer:
         self.report.close(sel, self.last_metrics, self.epoch)
         return self.last_metrics
 
+    def _wrap(self) -> torch.nn.Module:
+        """The module the step's forward calls: the model in DDP under torchrun, compiled with
+        ``train.compile`` (each new wrap compiles again: freezing changes what trains)."""
+        self._wrapped = True
+        model = wrap_ddp(self.model, self.dist)
+        return torch.compile(model) if self.cfg.train.compile else model
+
     def train_one_epoch(self, epoch: int) -> dict:
         """Train the (remaining) batches of ``epoch``; returns the epoch's mean loss terms."""
         self.freeze.train_mode()
@@ -185,17 +199,19 @@ class Trainer:
             parts = self.train_step(images, targets, flush=self.epoch_iter == self.iters_per_epoch - 1)
             self.epoch_iter += 1
             self.train_images += images.shape[0]
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            lr = self.optimizer.param_groups[0]["lr"]
+            for k, v in parts.items():  # device tensors: the host reads them once per log interval
+                sums[k] = sums.get(k, 0.0) + v.double()
             bar.update()
-            bar.set_postfix({**{k: f"{v / self.epoch_iter:.3f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
             if self.step % self.cfg.train.log_interval == 0:
-                self.report.step(self.step, parts, lr)
-            stop, save_due = self.control.poll()  # agreed by every rank
+                lr = self.optimizer.param_groups[0]["lr"]
+                values = read_floats(parts | {f"mean_{k}": v / self.epoch_iter for k, v in sums.items()})
+                bar.set_postfix({**{k: f"{values[f'mean_{k}']:.3f}" for k in sums}, "lr": f"{lr:.2e}"})
+                self.report.step(self.step, {k: values[k] for k in parts}, lr)
             if self.step != self.last_opt_step:  # an accumulated gradient is pending: not a boundary
                 continue
+            stop, save_due = self.stepper.flags  # agreed at this optimizer step
             if stop:
+                self.control.announce()
                 self.save()
                 self._stop(f"at epoch {epoch + 1}, iteration {self.epoch_iter}/{self.iters_per_epoch} "
                            f"(step {self.step})")
@@ -206,10 +222,11 @@ class Trainer:
                             f"{self.iters_per_epoch} (train.save_interval_min={self.cfg.train.save_interval_min:g})")
         bar.close()
         self.train_seconds += time.perf_counter() - t0
-        return {k: round(v / max(self.iters_per_epoch, 1), 4) for k, v in sums.items()}
+        return {k: round(v / max(self.iters_per_epoch, 1), 4) for k, v in read_floats(sums).items()}
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor, flush: bool = False) -> dict[str, float]:
-        """One iteration (core/train/step.py): the loss terms, or {} for a skipped step."""
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, flush: bool = False) -> dict[str, torch.Tensor]:
+        """One iteration (core/train/step.py): the loss terms as device tensors, or {} for a skipped
+        step. At an optimizer step the ranks agree on the stop and save requests (``stepper.flags``)."""
         return self.stepper(images, targets, flush)
 
     # -- stopping -----------------------------------------------------------------------
@@ -251,7 +268,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             **self.stepper.state_dict(), "epoch": self.epoch, "epoch_iter": self.epoch_iter,
-            "epoch_sums": dict(self._epoch_sums), **self.selection.state_dict(),
+            "epoch_sums": read_floats(self._epoch_sums), **self.selection.state_dict(),
             "metrics": {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float))},
             "rng": rngs if rngs is not None else gather_rng_states(self.dist),
             "config": self.cfg.to_dict(), "class_names": list(self.cfg.data.class_names),

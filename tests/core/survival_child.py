@@ -5,9 +5,11 @@
 Hooks (all optional):
 - "progress": file that gets one line per finished training step ("<step>"), so a test knows
   how far the run is before it sends a signal;
-- "pause_after_step": after that step the run waits until a stop is requested, so a test can signal
-  or kill it at a known position (however long the test takes to get there: the wait ends on the
-  request, or after PAUSE_S, only so that a child its test abandoned still ends);
+- "pause_after_step": that step, once its forward and backward are done and just before the ranks
+  agree on stop requests (its optimizer step), marks its progress and waits until a stop is
+  requested, so a test can signal or kill it at a known position (however long the test takes to
+  get there: the wait ends on the request, or after PAUSE_S, only so that a child its test
+  abandoned still ends);
 - "hold_after_step": as pause_after_step, then, once the stop was requested, it creates
   "<run dir>/stop_seen" and keeps waiting (up to PAUSE_S): only a second signal or a kill ends it;
 - "stall_last_write": the first rewrite of an existing last.pth writes half its bytes to the
@@ -45,20 +47,36 @@ def train_step(self, images, targets, flush=False):
     if HOOKS.get("nan_rank") == self.dist.rank and not hasattr(self, "_real_criterion"):
         self._real_criterion = self.criterion
 
-        def criterion(raw, targets_, priors):
-            loss, parts = self._real_criterion(raw, targets_, priors)
+        def criterion(raw, targets_, priors, **kw):
+            loss, parts = self._real_criterion(raw, targets_, priors, **kw)
             return (loss * float("nan") if self.step + 1 == HOOKS["nan_step"] else loss), parts
         self.criterion = criterion
+    if not hasattr(self, "_hooked_flags"):  # the pauses happen where the step reads its stop request
+        self._hooked_flags = self.stepper.host_flags
+        self.stepper.host_flags = lambda: paused_flags(self)
     out = _train_step(self, images, targets, flush)
-    if HOOKS.get("progress"):
-        with open(HOOKS["progress"], "a") as f:
-            f.write(f"{self.step}\n")
-    if self.step in (HOOKS.get("pause_after_step"), HOOKS.get("hold_after_step")):
+    if self.step not in (HOOKS.get("pause_after_step"), HOOKS.get("hold_after_step")):
+        mark_progress(self.step)
+    return out
+
+
+def paused_flags(self):
+    """The step's own host flags, read at its optimizer step: at the pause (hold) step, first mark the
+    progress and wait there for the stop request, as a signal arriving while that step runs would."""
+    step = self.step  # already counts the step being finished
+    if step in (HOOKS.get("pause_after_step"), HOOKS.get("hold_after_step")):
+        mark_progress(step)
         wait_for(lambda: self.stop_signal is not None)
-    if self.step == HOOKS.get("hold_after_step"):
+    if step == HOOKS.get("hold_after_step"):
         (self.run_dir / "stop_seen").touch()
         wait_for(lambda: False)  # a second SIGINT raises KeyboardInterrupt in here
-    return out
+    return self._hooked_flags()
+
+
+def mark_progress(step: int) -> None:
+    if HOOKS.get("progress"):
+        with open(HOOKS["progress"], "a") as f:
+            f.write(f"{step}\n")
 
 
 def wait_for(condition) -> None:

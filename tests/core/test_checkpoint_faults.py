@@ -86,8 +86,8 @@ def test_skipped_step_restores_batchnorm_statistics(data_root, tmp_path):
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     real = t.criterion
 
-    def nan_loss(raw, tg, pr):
-        loss, parts = real(raw, tg, pr)
+    def nan_loss(raw, tg, pr, **kw):
+        loss, parts = real(raw, tg, pr, **kw)
         return loss * float("nan"), parts
     t.criterion = nan_loss
     assert t.train_step(images, targets) == {} and t.bad_steps == 1
@@ -108,8 +108,8 @@ def test_non_finite_gradient_is_skipped_and_weights_never_saved_non_finite(data_
     real = t.criterion
     w = t.model.head.parameters().__next__()
 
-    def inf_gradient(raw, tg, pr):  # finite value, infinite gradient: d sqrt(|x|) / dx at x = 0
-        loss, parts = real(raw, tg, pr)
+    def inf_gradient(raw, tg, pr, **kw):  # finite value, infinite gradient: d sqrt(|x|) / dx at x = 0
+        loss, parts = real(raw, tg, pr, **kw)
         return loss + (w.flatten()[0] - w.flatten()[0].detach()).abs().sqrt(), parts
     t.criterion = inf_gradient
     before = {k: v.clone() for k, v in t.model.state_dict().items()}

@@ -61,15 +61,15 @@ def assert_same_values(a, b, path: str = "") -> None:
 
 
 def stop_at_step(trainer: Trainer, step: int) -> None:
-    """A stop request (as from SIGTERM) right after ``step``."""
-    real = trainer.train_step
+    """A stop request (as from SIGTERM) arriving while ``step`` runs, before its optimizer step reads
+    the requests (a request after that read is honoured at the next optimizer step)."""
+    real = trainer.stepper.host_flags
 
-    def step_then_ask(images, targets, flush=False):
-        out = real(images, targets, flush)
-        if trainer.step == step:
+    def ask_then_read():
+        if trainer.step == step:  # the step counter already counts the step being finished
             trainer.request_stop(signal.SIGTERM)
-        return out
-    trainer.train_step = step_then_ask
+        return real()
+    trainer.stepper.host_flags = ask_then_read
 
 
 def test_resume_restores_the_saved_values_and_equals_the_uninterrupted_run(data_root, tmp_path):
@@ -151,6 +151,7 @@ def drawing_trainer(cfg, run_dir: Path, draws: list, resume: str | None = None, 
         if copies is not None and (run_dir / "last.pth").is_file():
             shutil.copy(run_dir / "last.pth", copies / f"after{len(draws)}.pth")
         draws.append(draw())
+        t.stepper.flags = t.control.local()  # what a real step's optimizer step agrees (one process)
         return {}
     t.train_step, t.validate = step, lambda: {"mAP": 0.5}
     return t
@@ -288,8 +289,8 @@ def test_non_finite_loss_steps_are_skipped_then_stop(data_root, tmp_path, monkey
     before = {k: v.clone() for k, v in t.model.named_parameters()}
     real = t.criterion
 
-    def nan_loss(raw, targets, priors):
-        loss, parts = real(raw, targets, priors)
+    def nan_loss(raw, targets, priors, **kw):
+        loss, parts = real(raw, targets, priors, **kw)
         return loss * float("nan"), parts
     t.criterion = nan_loss
     with pytest.raises(NonFiniteLossError, match="step 2"):

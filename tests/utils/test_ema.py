@@ -82,3 +82,25 @@ def test_follows_model_device():
     model.to("meta")  # stands in for .cuda(): a different device without a GPU
     ema.update(model)
     assert {t.device.type for t in ema.ema.state_dict().values()} == {"meta"}
+
+
+def test_repeated_updates_equal_the_per_tensor_formula_and_follow_replaced_tensors():
+    """The foreach update, with its tensor pairs kept between calls, against the formula tensor by
+    tensor; replacing a parameter's data (as ``model.to`` does) is followed, not averaged stale."""
+    model = _model()
+    ema = ModelEMA(model, decay=0.8, tau=3.0)
+    expected = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    for i in range(4):
+        with torch.no_grad():
+            model[0].weight.add_(0.5)
+            if i == 2:  # new storage for the first parameter and a BN buffer
+                model[0].weight.data = model[0].weight.data.clone() * 3.0
+                model[1].running_mean = model[1].running_mean.clone() + 7.0
+        model.train()(torch.randn(4, 3))
+        ema.update(model)
+        d = ema.decay_at(i + 1)
+        for k, v in model.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        for k, v in ema.ema.state_dict().items():
+            assert torch.allclose(v, expected[k], atol=1e-6), (i, k)
+    assert ema.ema.state_dict()["1.num_batches_tracked"].item() == 4

@@ -3,6 +3,7 @@
 pre_nms_topk and ``num_nms``."""
 import pytest
 import torch
+from loguru import logger
 
 import utils.nms
 from models.postprocess import postprocess
@@ -138,3 +139,24 @@ def test_each_image_of_the_batch_on_its_own():
     out = postprocess(boxes, scores, 0.25, 0.5, 100)
     assert [o["num_nms"] for o in out] == [1, 0]
     assert out[0]["boxes"].tolist() == [BOXES["A"][0]] and out[1]["boxes"].shape == (0, 4)
+
+
+def test_the_nms_in_use_is_logged_once_per_device_and_the_cuda_fallback_warns(monkeypatch):
+    messages = []
+    sink = logger.add(lambda m: messages.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        monkeypatch.setattr(utils.nms, "_announced", set())
+        monkeypatch.setattr(utils.nms, "_tv_batched_nms", None)
+        boxes, scores = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10]]), torch.tensor([0.9, 0.8])
+        for _ in range(3):
+            batched_nms(boxes, scores, torch.tensor([0, 0]), 0.5)
+        assert messages == [("INFO", "NMS: utils.nms (pure PyTorch) on cpu")]
+        utils.nms._announce(torch.device("cuda"))  # no GPU here: what a CUDA run's first call says
+        assert messages[1] == ("INFO", "NMS: utils.nms (pure PyTorch) on cuda")
+        assert messages[2][0] == "WARNING" and "falls back to the pure-PyTorch version on CUDA" in messages[2][1]
+        monkeypatch.setattr(utils.nms, "_announced", set())
+        monkeypatch.setattr(utils.nms, "_tv_batched_nms", lambda b, s, l, t: torch.arange(len(b)))
+        utils.nms._announce(torch.device("cuda"))
+        assert messages[3:] == [("INFO", "NMS: torchvision.ops.batched_nms on cuda")]  # no warning
+    finally:
+        logger.remove(sink)
