@@ -94,7 +94,7 @@ def test_loss_parts_include_the_aux_branch(data_root, tmp_path):
     images, targets, _ = next(iter(t.train_loader))
     parts = t.train_step(images, targets)
     assert {"box", "cls", "dfl", "aux", "total"} <= set(parts)
-    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert all(torch.isfinite(v) for v in parts.values())
 
 
 def test_transfer_to_another_class_count_lists_the_class_layers(data_root, tmp_path):
