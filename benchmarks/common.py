@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +44,23 @@ def pick(tiny: bool, full: T, small: T) -> T:
 def print_result(result: dict[str, Any]) -> None:
     """The last line of every benchmark: ``RESULT {json}``, for scripts and tests to read."""
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_json_child(script: str, args: list[str], code: Path, what: str, threads: int = 1) -> Any:
+    """Run ``python <script> <args>`` with cwd ``code`` (the checkout under test) and ``threads`` OpenMP
+    threads; the JSON of its last stdout line. A failure exits naming ``what`` and the stderr's tail."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=str(code))
+    if out.returncode:
+        sys.exit(f"measuring {what} with the code in {code} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now (for a process group's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def quiet_logging() -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -153,15 +152,10 @@ def measure_epoch(code: Path, work: Path) -> tuple[float, float]:
 
 
 def _child(code: Path, key: str, work: Path, large_root: Path | None, workers: int = 0, epochs: int = 1):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", key, "--code", str(code), "--work", str(work),
-           "--workers", str(workers), "--workers-epochs", str(epochs)]
-    if large_root is not None:
-        cmd += ["--large-root", str(large_root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(code))
-    if out.returncode:
-        sys.exit(f"measuring {key} with the code in {code} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from benchmarks.common import run_json_child
+    args = ["--measure", key, "--code", str(code), "--work", str(work), "--workers", str(workers),
+            "--workers-epochs", str(epochs)] + (["--large-root", str(large_root)] if large_root is not None else [])
+    return run_json_child(str(Path(__file__).resolve()), args, code, key)
 
 
 # -- the large-image set ----------------------------------------------------------------------------

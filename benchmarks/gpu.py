@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks.common import pick, print_result, quiet_logging, tiny_mode  # noqa: E402
+from benchmarks.common import free_port, pick, print_result, quiet_logging, tiny_mode  # noqa: E402
 
 
 def device_now() -> torch.device:
@@ -236,11 +236,7 @@ def _best_ms(fn, repeat: int = 5) -> float:
 
 # -- 6 and 7: trainings under torchrun -------------------------------------------------------------------------
 def torchrun(nproc: int, *args: str) -> list[str]:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
             str(REPO / "main.py"), *args]
 
 

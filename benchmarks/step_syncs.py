@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import pick, print_result, tiny_mode  # noqa: E402
+from benchmarks.common import free_port, pick, print_result, run_json_child, tiny_mode  # noqa: E402
 
 CASES = [("v9-t", "task_aligned"), ("v9-t", "simota"), ("v9-t", "atss"), ("yolo", "nearby_grid"),
          ("yolo", "simota")]
@@ -124,13 +123,6 @@ def measure_collectives(rank: int, code: str, work: str, model: str, method: str
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child(args: argparse.Namespace) -> None:
     model, method = args.case.split("/")
     work = Path(args.work)
@@ -138,17 +130,13 @@ def child(args: argparse.Namespace) -> None:
         print(json.dumps(measure_syncs(Path(args.code), work, model, method, args.size)))
         return
     import torch.multiprocessing as mp
-    mp.spawn(measure_collectives, args=(args.code, str(work), model, method, args.size, _free_port()), nprocs=2)
+    mp.spawn(measure_collectives, args=(args.code, str(work), model, method, args.size, free_port()), nprocs=2)
     print((work / "collectives.json").read_text())
 
 
 def run_child(code: Path, case: str, work: Path, size: int, ranks: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--code", str(code), "--case", case,
-           "--work", str(work), "--size", str(size), "--ranks", str(ranks)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(code), env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if out.returncode:
-        sys.exit(f"measuring {case} ({ranks} ranks) with the code in {code} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--child", "--code", str(code), "--case", case, "--work", str(work), "--size", str(size), "--ranks", str(ranks)]
+    return run_json_child(str(Path(__file__).resolve()), args, code, f"{case} ({ranks} ranks)")
 
 
 def main(argv: list[str]) -> None:

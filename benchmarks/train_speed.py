@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import pick, print_result, tiny_mode  # noqa: E402
+from benchmarks.common import pick, print_result, run_json_child, tiny_mode  # noqa: E402
 
 CONFIG = "configs/bccd_v9t.py"
 PROTOCOL = ["data.img_size=416", "train.batch_size=16", "train.epochs=1"]
@@ -99,13 +98,9 @@ def measure(code: Path, overrides: list[str], threads: int, warmup: int, steps: 
 
 
 def _child(code: Path, overrides: list[str], threads: int, warmup: int, steps: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(code), "--threads", str(threads),
-           "--warmup", str(warmup), "--steps", str(steps), "--overrides", json.dumps(overrides)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(code))
-    if out.returncode:
-        sys.exit(f"measuring with the code in {code} ({threads} threads) failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--child", str(code), "--threads", str(threads), "--warmup", str(warmup), "--steps", str(steps),
+            "--overrides", json.dumps(overrides)]
+    return run_json_child(str(Path(__file__).resolve()), args, code, f"{threads} threads", threads)
 
 
 def main(argv: list[str]) -> None:
