@@ -96,7 +96,6 @@ class TrainStep:
         self._bad_loss: Tensor | None = None  # device bool: a non-finite loss since the last optimizer step
         self._last_bad_loss = False  # the last optimizer step was skipped for a non-finite loss
         self._local_bad = None  # this rank's non-finite-loss flag of the last optimizer step
-        self._bits = torch.tensor([1, 2, 4, 8], dtype=torch.int32, device=device)  # 4 flags -> bits of one int
 
     def __call__(self, images: Tensor, targets: Tensor, flush: bool = False) -> dict[str, Tensor]:
         accumulate = self.scheduler.schedule.accumulate_at(self.step)
@@ -158,7 +157,7 @@ class TrainStep:
             flags[3] = 1.0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        code = int(((flags > 0).to(torch.int32) * self._bits).sum())  # the one read by the host
+        code = int(flags[0] + 2 * flags[1] + 4 * flags[2] + 8 * flags[3])  # the one read by the host (0/1 each)
         return bool(code & 1), bool(code & 2), bool(code & 4), bool(code & 8)
 
     def _optimizer_step(self) -> bool:
